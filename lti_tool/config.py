@@ -1,0 +1,180 @@
+"""Typed settings, read once from the environment and validated at start-up.
+
+Every setting is read through a small typed helper that fails fast with a message naming the
+variable, so a wrong deployment stops at start-up instead of failing on the first launch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+PREFIX = "LIFELINE_"
+MEMORY_REDIS_URL = "memory://"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names it and says what is expected."""
+
+
+def _get(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(PREFIX + name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def _required(env: Mapping[str, str], name: str, what: str) -> str:
+    value = _get(env, name)
+    if value is None:
+        raise ConfigError(f"{PREFIX}{name} is not set: it must be {what}.")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name}={raw!r} is not a whole number.") from None
+    if value < minimum:
+        raise ConfigError(f"{PREFIX}{name}={value} must be at least {minimum}.")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{PREFIX}{name}={raw!r} must be true or false.")
+
+
+def _database_url(value: str, name: str = "DATABASE_URL") -> str:
+    scheme = urlsplit(value).scheme
+    if scheme.startswith("postgres"):
+        # Accept the URLs that hosting providers hand out and pick the psycopg 3 driver.
+        rest = value.split("://", 1)[1]
+        return "postgresql+psycopg://" + rest
+    if scheme.startswith("sqlite"):
+        return value
+    raise ConfigError(
+        f"{PREFIX}{name}={value!r} is not a supported database URL: use "
+        "postgresql://user:password@host:5432/dbname or sqlite:///path/to/file.db."
+    )
+
+
+def _redis_url(value: str) -> str:
+    if value == MEMORY_REDIS_URL:
+        return value
+    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(
+            f"{PREFIX}REDIS_URL={value!r} is not a Redis URL: use redis://host:6379/0 "
+            f"(or {MEMORY_REDIS_URL} for the in-process stand-in used by the demo)."
+        )
+    return value
+
+
+def _base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(
+            f"{PREFIX}BASE_URL={value!r} must be the public address of Lifeline, "
+            "such as https://lifeline.example.edu."
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{PREFIX}BASE_URL={value!r} must not carry a query or fragment.")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    secret_key: str
+    base_url: str
+    # Jobs run by an RQ worker in production; "inline" runs them in-process (demo).
+    jobs_inline: bool = False
+    # The built-in demo LMS (a real LTI 1.3 platform) is mounted only when asked for.
+    demo_lms: bool = False
+    # How many reverse proxies sit in front of us (X-Forwarded-* headers are trusted that deep).
+    proxy_count: int = 0
+    # Clock skew allowed on id_token exp / iat, in seconds.
+    jwt_leeway: int = 60
+    # How long a login (state + nonce) may take before the launch POST arrives.
+    login_ttl: int = 600
+    # How long launch data is kept for the pages a launch opens.
+    launch_ttl: int = 8 * 3600
+    # After `keys rotate`, the old key stays published this long.
+    key_grace_seconds: int = 7 * 24 * 3600
+    # Timeout for every outbound HTTP call (platform JWKS, LMS services).
+    http_timeout: float = 5.0
+    # Registrations are cached per process for this many seconds.
+    registration_cache_seconds: int = 10
+    instance_path: str = field(default_factory=lambda: str(Path.cwd() / "instance"))
+    testing: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Production settings: the four core variables are required."""
+    env = os.environ if env is None else env
+    secret_key = _required(env, "SECRET_KEY", "a long random string (openssl rand -hex 32)")
+    if len(secret_key) < 32:
+        raise ConfigError(
+            f"{PREFIX}SECRET_KEY is too short ({len(secret_key)} characters): "
+            "use at least 32 random characters (openssl rand -hex 32)."
+        )
+    return Settings(
+        database_url=_database_url(
+            _required(env, "DATABASE_URL", "a database URL such as postgresql://u:p@host/db")
+        ),
+        redis_url=_redis_url(_required(env, "REDIS_URL", "a Redis URL such as redis://host:6379/0")),
+        secret_key=secret_key,
+        base_url=_base_url(_required(env, "BASE_URL", "the public https address of Lifeline")),
+        jobs_inline=_bool(env, "JOBS_INLINE", False),
+        demo_lms=_bool(env, "DEMO_LMS", False),
+        proxy_count=_int(env, "PROXY_COUNT", 0),
+        jwt_leeway=_int(env, "JWT_LEEWAY", 60),
+        login_ttl=_int(env, "LOGIN_TTL", 600, minimum=30),
+        launch_ttl=_int(env, "LAUNCH_TTL", 8 * 3600, minimum=60),
+        key_grace_seconds=_int(env, "KEY_GRACE_SECONDS", 7 * 24 * 3600),
+        http_timeout=float(_int(env, "HTTP_TIMEOUT", 5, minimum=1)),
+        registration_cache_seconds=_int(env, "REGISTRATION_CACHE_SECONDS", 10),
+        instance_path=_get(env, "INSTANCE_PATH") or str(Path.cwd() / "instance"),
+    )
+
+
+def demo_settings(host: str = "127.0.0.1", port: int = 5000) -> Settings:
+    """Everything in one process: SQLite under instance/, the in-process Redis stand-in."""
+    instance = Path(os.environ.get(PREFIX + "INSTANCE_PATH", str(Path.cwd() / "instance")))
+    instance.mkdir(parents=True, exist_ok=True)
+    secret_file = instance / "demo_secret_key"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_hex(32))
+        secret_file.chmod(0o600)
+    return Settings(
+        database_url=f"sqlite:///{instance / 'lifeline.db'}",
+        redis_url=MEMORY_REDIS_URL,
+        secret_key=secret_file.read_text().strip(),
+        base_url=f"http://{host}:{port}",
+        jobs_inline=True,
+        demo_lms=True,
+        instance_path=str(instance),
+    )

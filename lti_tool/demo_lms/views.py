@@ -1,0 +1,195 @@
+"""The demo LMS's pages: a course with two exercises, launch buttons, its OIDC endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from sqlalchemy.orm import Session
+
+from ..lti.models import Platform
+from ..lti.registry import add_platform, add_deployment, find_by_issuer
+from ..services import current_services
+from . import demo_platform
+from .platform import CLIENT_ID, COURSE, DEPLOYMENT_ID, EXERCISES, USERS
+
+bp = Blueprint("demo_lms", __name__, url_prefix="/demo")
+HINT_TTL = 600
+PLACEMENTS_KEY = "demo-lms:placements"
+
+
+def ensure_registered(session: Session) -> None:
+    """Register the demo LMS with the tool, exactly as an admin would with the CLI."""
+    platform = demo_platform()
+    found = [r for r in find_by_issuer(session, platform.issuer) if r.client_id == CLIENT_ID]
+    if not found:
+        add_platform(session, **platform.registration())
+        session.commit()
+        current_services().registrations.clear()
+    elif DEPLOYMENT_ID not in found[0].deployment_ids:
+        row = session.get(Platform, found[0].id)
+        assert row is not None
+        add_deployment(session, row, DEPLOYMENT_ID)
+        session.commit()
+        current_services().registrations.clear()
+
+
+def _placements() -> list[dict[str, Any]]:
+    raw = current_services().redis.lrange(PLACEMENTS_KEY, 0, -1)
+    return [json.loads(item) for item in raw]
+
+
+@bp.get("/")
+def home() -> str:
+    with current_services().db.transaction() as session:
+        ensure_registered(session)
+    return render_template(
+        "demo_lms/home.html",
+        users=USERS,
+        course=COURSE,
+        exercises=EXERCISES,
+        placements=_placements(),
+    )
+
+
+@bp.get("/start")
+def start() -> str:
+    """The LMS side of 'open the tool': post a third-party login initiation to Lifeline."""
+    user = USERS.get(request.args.get("user", ""))
+    if user is None:
+        abort(400, description="Unknown demo user: choose learner, instructor or tutor.")
+    exercise = request.args.get("exercise", "ex1")
+    placement = request.args.get("placement", "")
+    title = ""
+    for item in _placements():
+        if item["id"] == placement:
+            title = item["title"]
+    if exercise not in EXERCISES and not title:
+        abort(400, description="Unknown demo exercise.")
+    hint = {
+        "user": user.key,
+        "exercise": placement or exercise,
+        "title": title,
+        "deep_link": request.args.get("deep_link") == "1",
+    }
+    platform = demo_platform()
+    hint_id = platform.new_hint_id()
+    current_services().redis.set("demo-lms:hint:" + hint_id, json.dumps(hint), ex=HINT_TTL)
+    return render_template(
+        "lti/autopost.html",
+        action=platform.base_url + "/lti/login",
+        fields=platform.login_params(user, hint_id),
+        message="Opening Lifeline…",
+    )
+
+
+def _auth_error(redirect_uri: str, state: str, error: str, description: str) -> str:
+    """An OIDC error post-back to the tool, as real platforms send it."""
+    return render_template(
+        "lti/autopost.html",
+        action=redirect_uri,
+        fields={"error": error, "error_description": description, "state": state},
+        message="Returning to Lifeline…",
+    )
+
+
+@bp.route("/auth", methods=["GET", "POST"])
+def auth() -> str | tuple[str, int]:
+    """The platform's OIDC authorization endpoint: checks the request, signs the id_token."""
+    params = request.values
+    platform = demo_platform()
+    redirect_uri = params.get("redirect_uri", "")
+    if redirect_uri != platform.launch_url:
+        return render_template(
+            "errors/error.html",
+            status=400,
+            title="Demo LMS: unregistered redirect_uri",
+            detail=f"The tool asked to return to {redirect_uri!r}, which is not registered.",
+            hint="",
+        ), 400
+    state = params.get("state", "")
+    checks = {
+        "scope": "openid",
+        "response_type": "id_token",
+        "response_mode": "form_post",
+        "prompt": "none",
+        "client_id": CLIENT_ID,
+    }
+    for name, expected in checks.items():
+        if params.get(name) != expected:
+            return _auth_error(redirect_uri, state, "invalid_request", f"{name} must be {expected}")
+    if not params.get("nonce"):
+        return _auth_error(redirect_uri, state, "invalid_request", "nonce is required")
+    user = USERS.get(params.get("login_hint", ""))
+    raw_hint = current_services().redis.getdel("demo-lms:hint:" + params.get("lti_message_hint", ""))
+    if user is None or raw_hint is None:
+        return _auth_error(redirect_uri, state, "login_required", "the demo LMS session expired")
+    hint = json.loads(raw_hint)
+    data = ""
+    if hint.get("deep_link"):
+        data = platform.new_data()
+        current_services().redis.set("demo-lms:dl-data:" + data, "1", ex=HINT_TTL)
+    token = platform.id_token(user, params["nonce"], hint, data)
+    return render_template(
+        "lti/autopost.html",
+        action=redirect_uri,
+        fields={"id_token": token, "state": state},
+        message="Launching Lifeline…",
+    )
+
+
+@bp.get("/jwks")
+def jwks() -> Response:
+    response = jsonify(demo_platform().jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.post("/token")
+def token() -> tuple[Response, int]:
+    return jsonify({"error": "unsupported_grant_type"}), 400
+
+
+def _tool_jwks() -> dict[str, Any]:
+    """Fetch the tool's JWKS through its real endpoint (in-process: the demo is one process)."""
+    with current_app.test_client() as client:
+        result: dict[str, Any] = client.get("/lti/jwks").get_json()
+        return result
+
+
+@bp.post("/deep-link-return")
+def deep_link_return() -> str | tuple[str, int]:
+    token = request.form.get("JWT", "")
+    platform = demo_platform()
+    try:
+        import jwt
+
+        unverified = jwt.decode(token, options={"verify_signature": False})
+        data = unverified.get("https://purl.imsglobal.org/spec/lti-dl/claim/data")
+        if not isinstance(data, str) or not current_services().redis.getdel(
+            "demo-lms:dl-data:" + data
+        ):
+            raise ValueError("unknown or reused deep linking data")
+        claims = platform.verify_deep_link_response(token, _tool_jwks(), data)
+    except (ValueError, jwt.PyJWTError) as exc:
+        return render_template(
+            "errors/error.html",
+            status=400,
+            title="Demo LMS rejected the deep linking response",
+            detail=str(exc),
+            hint="",
+        ), 400
+    items = claims.get("https://purl.imsglobal.org/spec/lti-dl/claim/content_items", [])
+    placed = []
+    for item in items:
+        if item.get("type") == "ltiResourceLink":
+            entry = {
+                "id": "placed-" + platform.new_hint_id()[:8],
+                "title": item.get("title", "Lifeline help"),
+                "text": item.get("text", ""),
+                "url": item.get("url", ""),
+            }
+            current_services().redis.rpush(PLACEMENTS_KEY, json.dumps(entry))
+            placed.append(entry)
+    return render_template("demo_lms/placed.html", placed=placed)

@@ -1,0 +1,163 @@
+"""OIDC third-party login initiation: the first leg of every LTI 1.3 launch.
+
+The platform sends iss, login_hint and target_link_uri (and often client_id,
+lti_message_hint, lti_deployment_id). We answer with a redirect to the platform's auth URL
+carrying a fresh ``state`` and ``nonce``. Both are kept in Redis for ``login_ttl`` seconds and
+consumed atomically by the launch; ``state`` is also set as a cookie, which binds the launch
+to the browser that started the login.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+import redis
+from sqlalchemy.orm import Session
+
+from .errors import ADMIN_HINT, bad_request, forbidden
+from .registry import RegistrationCache, RegistrationInfo
+
+STATE_COOKIE_PREFIX = "lifeline-state-"
+
+
+def state_key(state: str) -> str:
+    return "lifeline:state:" + state
+
+
+def nonce_key(nonce: str) -> str:
+    return "lifeline:nonce:" + nonce
+
+
+@dataclass(frozen=True)
+class LoginRedirect:
+    url: str
+    state: str
+    cookie_name: str
+    registration: RegistrationInfo
+
+
+def _param(params: Mapping[str, str], name: str, required: bool = True) -> str:
+    value = params.get(name, "").strip()
+    if required and not value:
+        raise bad_request(
+            f"missing_{name}",
+            f"The login request has no {name!r} parameter.",
+            "The LMS must start the launch with an OIDC login request carrying iss, "
+            "login_hint and target_link_uri.",
+        )
+    if len(value) > 4096:
+        raise bad_request(f"invalid_{name}", f"The {name!r} parameter is too long.")
+    return value
+
+
+def _same_site(url: str, base_url: str) -> bool:
+    target, base = urlsplit(url), urlsplit(base_url)
+    return (target.scheme, target.netloc) == (base.scheme, base.netloc) and (
+        target.path + "/"
+    ).startswith(base.path.rstrip("/") + "/")
+
+
+def pick_registration(
+    session: Session, cache: RegistrationCache, issuer: str, client_id: str
+) -> RegistrationInfo:
+    candidates = cache.by_issuer(session, issuer)
+    if not candidates:
+        raise forbidden(
+            "unknown_issuer",
+            f"No platform with issuer {issuer!r} is registered with Lifeline.",
+            ADMIN_HINT,
+        )
+    if client_id:
+        for info in candidates:
+            if info.client_id == client_id:
+                return info
+        raise forbidden(
+            "unknown_client_id",
+            f"The platform {issuer!r} is registered, but not with client id {client_id!r}.",
+            ADMIN_HINT,
+        )
+    if len(candidates) > 1:
+        raise bad_request(
+            "missing_client_id",
+            f"Lifeline has several registrations for {issuer!r}, and the login request does "
+            "not say which one (no client_id).",
+            "Configure the LMS to send client_id with the login request.",
+        )
+    return candidates[0]
+
+
+def begin_login(
+    params: Mapping[str, str],
+    *,
+    session: Session,
+    cache: RegistrationCache,
+    redis_client: redis.Redis,
+    base_url: str,
+    login_ttl: int,
+) -> LoginRedirect:
+    issuer = _param(params, "iss")
+    login_hint = _param(params, "login_hint")
+    target_link_uri = _param(params, "target_link_uri")
+    client_id = _param(params, "client_id", required=False)
+    message_hint = _param(params, "lti_message_hint", required=False)
+    deployment_id = _param(params, "lti_deployment_id", required=False)
+
+    if not _same_site(target_link_uri, base_url):
+        raise bad_request(
+            "invalid_target_link_uri",
+            f"target_link_uri {target_link_uri!r} does not point at this Lifeline "
+            f"({base_url}).",
+            "Set the tool's target link URI in the LMS to Lifeline's launch URL.",
+        )
+    registration = pick_registration(session, cache, issuer, client_id)
+    if not registration.active:
+        raise forbidden(
+            "registration_not_active",
+            f"The registration of {registration.name!r} is {registration.status}.",
+            "An administrator must approve it on Lifeline's admin page.",
+        )
+    if deployment_id and deployment_id not in registration.deployment_ids:
+        raise forbidden(
+            "unknown_deployment",
+            f"Deployment {deployment_id!r} of {registration.name!r} is not registered.",
+            ADMIN_HINT,
+        )
+
+    state = secrets.token_urlsafe(32)
+    nonce = secrets.token_urlsafe(32)
+    record = json.dumps(
+        {
+            "nonce": nonce,
+            "registration_id": registration.id,
+            "target_link_uri": target_link_uri,
+        }
+    )
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.set(state_key(state), record, ex=login_ttl)
+    pipe.set(nonce_key(nonce), state, ex=login_ttl)
+    pipe.execute()
+
+    query = {
+        "scope": "openid",
+        "response_type": "id_token",
+        "response_mode": "form_post",
+        "prompt": "none",
+        "client_id": registration.client_id,
+        "redirect_uri": base_url + "/lti/launch",
+        "login_hint": login_hint,
+        "state": state,
+        "nonce": nonce,
+    }
+    if message_hint:
+        query["lti_message_hint"] = message_hint
+    separator = "&" if urlsplit(registration.auth_login_url).query else "?"
+    return LoginRedirect(
+        url=registration.auth_login_url + separator + urlencode(query),
+        state=state,
+        cookie_name=STATE_COOKIE_PREFIX + state,
+        registration=registration,
+    )

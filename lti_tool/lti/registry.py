@@ -1,0 +1,182 @@
+"""Platform registrations in the database, and a short per-process cache for launches."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from .models import Deployment, Platform, PlatformStatus
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class RegistrationError(ValueError):
+    """A registration request is invalid; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class RegistrationInfo:
+    """What a launch needs to know about a registration; immutable so it can be cached."""
+
+    id: int
+    name: str
+    issuer: str
+    client_id: str
+    auth_login_url: str
+    auth_token_url: str
+    keyset_url: str
+    token_audience: str | None
+    status: str
+    deployment_ids: frozenset[str]
+
+    @property
+    def active(self) -> bool:
+        return self.status == PlatformStatus.ACTIVE.value
+
+    @classmethod
+    def of(cls, platform: Platform) -> RegistrationInfo:
+        return cls(
+            id=platform.id,
+            name=platform.name,
+            issuer=platform.issuer,
+            client_id=platform.client_id,
+            auth_login_url=platform.auth_login_url,
+            auth_token_url=platform.auth_token_url,
+            keyset_url=platform.keyset_url,
+            token_audience=platform.token_audience,
+            status=platform.status,
+            deployment_ids=frozenset(d.deployment_id for d in platform.deployments),
+        )
+
+
+def check_url(field: str, value: str) -> str:
+    """Platform endpoints must be https; plain http is accepted only on a loopback host."""
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise RegistrationError(f"{field} {value!r} is not an absolute http(s) URL.")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        raise RegistrationError(
+            f"{field} {value!r} must use https (plain http is only allowed on localhost)."
+        )
+    if len(value) > 1000:
+        raise RegistrationError(f"{field} is longer than 1000 characters.")
+    return value
+
+
+def _check_text(field: str, value: str, limit: int) -> str:
+    value = value.strip()
+    if not value:
+        raise RegistrationError(f"{field} must not be empty.")
+    if len(value) > limit:
+        raise RegistrationError(f"{field} is longer than {limit} characters.")
+    return value
+
+
+def add_platform(
+    session: Session,
+    *,
+    name: str,
+    issuer: str,
+    client_id: str,
+    auth_login_url: str,
+    auth_token_url: str,
+    keyset_url: str,
+    deployment_ids: Iterable[str],
+    token_audience: str | None = None,
+    status: PlatformStatus = PlatformStatus.ACTIVE,
+) -> Platform:
+    issuer = _check_text("issuer", issuer, 500)
+    client_id = _check_text("client id", client_id, 255)
+    existing = session.scalars(
+        select(Platform).where(Platform.issuer == issuer, Platform.client_id == client_id)
+    ).first()
+    if existing is not None:
+        raise RegistrationError(
+            f"A platform with issuer {issuer!r} and client id {client_id!r} is already "
+            f"registered (#{existing.id}, {existing.name!r})."
+        )
+    deployments = sorted({_check_text("deployment id", d, 255) for d in deployment_ids})
+    platform = Platform(
+        name=_check_text("name", name, 200),
+        issuer=issuer,
+        client_id=client_id,
+        auth_login_url=check_url("auth login URL", auth_login_url),
+        auth_token_url=check_url("token URL", auth_token_url),
+        keyset_url=check_url("keyset URL", keyset_url),
+        token_audience=token_audience or None,
+        status=status.value,
+        deployments=[Deployment(deployment_id=d) for d in deployments],
+    )
+    session.add(platform)
+    session.flush()
+    return platform
+
+
+def add_deployment(session: Session, platform: Platform, deployment_id: str) -> Deployment:
+    deployment_id = _check_text("deployment id", deployment_id, 255)
+    for existing in platform.deployments:
+        if existing.deployment_id == deployment_id:
+            return existing
+    deployment = Deployment(deployment_id=deployment_id)
+    platform.deployments.append(deployment)
+    session.flush()
+    return deployment
+
+
+def list_platforms(session: Session) -> list[Platform]:
+    return list(
+        session.scalars(
+            select(Platform).options(selectinload(Platform.deployments)).order_by(Platform.id)
+        )
+    )
+
+
+def find_by_issuer(session: Session, issuer: str) -> list[RegistrationInfo]:
+    platforms = session.scalars(
+        select(Platform)
+        .where(Platform.issuer == issuer)
+        .options(selectinload(Platform.deployments))
+        .order_by(Platform.id)
+    )
+    return [RegistrationInfo.of(p) for p in platforms]
+
+
+class RegistrationCache:
+    """Per-process cache of registrations by issuer, kept ``ttl`` seconds.
+
+    Launches look their registration up on every request; a changed registration is seen by
+    every web process within ``ttl`` seconds (and at once by the process that changed it).
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, list[RegistrationInfo]]] = {}
+        self._lock = threading.Lock()
+
+    def by_issuer(self, session: Session, issuer: str) -> list[RegistrationInfo]:
+        now = time.monotonic()
+        entry = self._entries.get(issuer)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        found = find_by_issuer(session, issuer)
+        with self._lock:
+            if len(self._entries) > 10_000:  # unknown issuers must not grow this forever
+                self._entries.clear()
+            self._entries[issuer] = (now + self.ttl, found)
+        return found
+
+    def find(self, session: Session, issuer: str, client_id: str) -> RegistrationInfo | None:
+        for info in self.by_issuer(session, issuer):
+            if info.client_id == client_id:
+                return info
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -1,0 +1,13 @@
+"""Imports every model module so the metadata is complete (for Alembic and schema checks)."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+
+
+def metadata() -> MetaData:
+    from . import courses  # noqa: F401
+    from .db import Base
+    from .lti import models  # noqa: F401
+
+    return Base.metadata

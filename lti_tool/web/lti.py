@@ -1,0 +1,189 @@
+"""The LTI 1.3 endpoints: OIDC login, launch, the tool's JWKS, deep linking confirm."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, session
+from sqlalchemy import update
+
+from ..courses import LaunchFacts, record_launch, recent_launches
+from ..db import utcnow
+from ..launches import ActiveLaunch, load, remember, store
+from ..lti import deep_linking, keys
+from ..lti.errors import LaunchError
+from ..lti.launch import Launch
+from ..lti.login import STATE_COOKIE_PREFIX, begin_login
+from ..lti.models import Platform
+from ..lti.roles import Audience
+from ..services import current_services
+from .cookies import delete_cookie, set_cookie
+from .errors import launch_error_response
+from .transaction import db_session
+
+bp = Blueprint("lti", __name__, url_prefix="/lti")
+
+_NOTE_EVERY = 30.0  # seconds between writes of a platform's last launch / last error
+_last_noted: dict[tuple[int, str], float] = {}
+_note_lock = threading.Lock()
+
+
+def _should_note(platform_id: int, what: str) -> bool:
+    now = time.monotonic()
+    with _note_lock:
+        if now - _last_noted.get((platform_id, what), -_NOTE_EVERY) < _NOTE_EVERY:
+            return False
+        _last_noted[(platform_id, what)] = now
+        return True
+
+
+def _note_error(exc: LaunchError) -> None:
+    """Keep the platform's last error for the admin page, in its own short transaction."""
+    if exc.platform_id is None or not _should_note(exc.platform_id, "error"):
+        return
+    with current_services().db.transaction() as tx:
+        tx.execute(
+            update(Platform)
+            .where(Platform.id == exc.platform_id)
+            .values(last_error=f"{exc.code}: {exc.detail}"[:2000], last_error_at=utcnow())
+        )
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    services = current_services()
+    params = {k: v for k, v in request.values.items() if isinstance(v, str)}
+    redirect_to = begin_login(
+        params,
+        session=db_session(),
+        cache=services.registrations,
+        redis_client=services.redis,
+        base_url=services.settings.base_url,
+        login_ttl=services.settings.login_ttl,
+    )
+    response = redirect(redirect_to.url, code=302)
+    set_cookie(
+        response,
+        redirect_to.cookie_name,
+        redirect_to.state,
+        max_age=services.settings.login_ttl,
+        path="/lti/",
+    )
+    return response
+
+
+@bp.post("/launch")
+def launch() -> Response:
+    services = current_services()
+    tx = db_session()
+    state = request.form.get("state", "")
+    try:
+        validated = services.launches.validate(request.form, request.cookies, tx)
+    except LaunchError as exc:
+        _note_error(exc)
+        response = launch_error_response(exc)
+        if state and len(state) <= 100:
+            delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
+        return response
+
+    facts = LaunchFacts(
+        platform_id=validated.registration_id,
+        deployment_id=validated.deployment_id,
+        sub=validated.sub,
+        name=validated.name,
+        email=validated.email,
+        context_id=validated.context_id,
+        context_title=validated.context_title,
+        context_label=validated.context_label,
+        resource_link_id=validated.resource_link_id,
+        resource_link_title=validated.resource_link_title,
+    )
+    record, written = record_launch(tx, facts)
+    if _should_note(validated.registration_id, "launch"):
+        tx.execute(
+            update(Platform)
+            .where(Platform.id == validated.registration_id)
+            .values(last_launch_at=utcnow())
+        )
+    tx.commit()
+    if written:
+        recent_launches.put(facts, record)
+    active = ActiveLaunch(validated, record)
+    store(services.redis, active, services.settings.launch_ttl)
+    session["launches"] = remember(list(session.get("launches", [])), validated.launch_id)
+
+    response = render_landing(active)
+    delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
+    return response
+
+
+def render_landing(active: ActiveLaunch) -> Response:
+    launch = active.launch
+    if launch.is_deep_linking:
+        if launch.audience is not Audience.INSTRUCTOR:
+            abort(403, description="Only instructors can place Lifeline in a course.")
+        body = render_template("lti/deep_link.html", launch=launch, error=None)
+    else:
+        body = render_template(f"web/{launch.audience.value}.html", launch=launch)
+    return Response(body, mimetype="text/html")
+
+
+def launch_for_browser(launch_id: str) -> ActiveLaunch:
+    """The launch ``launch_id``, if this browser made it; 403 / 401 otherwise."""
+    if launch_id not in session.get("launches", []):
+        abort(
+            403,
+            description="This page belongs to a launch made in another browser or session. "
+            "Open Lifeline from your course again.",
+        )
+    active = load(current_services().redis, launch_id)
+    if active is None:
+        abort(
+            401,
+            description="This launch has expired. Open Lifeline from your course again.",
+        )
+    return active
+
+
+@bp.get("/jwks")
+def jwks() -> Response:
+    tx = db_session()
+    keys.ensure_key(tx)
+    response = jsonify(keys.jwks(tx))
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
+
+
+@bp.post("/deep-link/<launch_id>")
+def deep_link_confirm(launch_id: str) -> Response | tuple[str, int]:
+    active = launch_for_browser(launch_id)
+    launch: Launch = active.launch
+    if not launch.is_deep_linking or launch.audience is not Audience.INSTRUCTOR:
+        abort(403, description="This launch cannot place content in the course.")
+    placements: list[deep_linking.Placement] = []
+    if request.form.get("action") != "cancel":
+        try:
+            placements = [
+                deep_linking.check_placement(
+                    request.form.get("title", ""), request.form.get("text", "")
+                )
+            ]
+        except deep_linking.PlacementError as exc:
+            return render_template("lti/deep_link.html", launch=launch, error=str(exc)), 400
+    services = current_services()
+    token = deep_linking.response_jwt(
+        launch,
+        keys.signing_key(db_session()),
+        services.settings.base_url + "/lti/launch",
+        placements,
+    )
+    return Response(
+        render_template(
+            "lti/autopost.html",
+            action=deep_linking.return_url(launch),
+            fields={"JWT": token},
+            message="Returning to your course…",
+        ),
+        mimetype="text/html",
+    )
