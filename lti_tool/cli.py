@@ -141,9 +141,15 @@ def platform() -> None:
 
 @platform.command("add", help="Register an LMS platform (one issuer + client id).")
 @click.option("--name", required=True, help="A name admins recognise, e.g. 'Canvas prod'.")
-@click.option("--issuer", required=True, help="The platform's issuer (iss), e.g. https://canvas.instructure.com.")
+@click.option(
+    "--issuer",
+    required=True,
+    help="The platform's issuer (iss), e.g. https://canvas.instructure.com.",
+)
 @click.option("--client-id", required=True, help="The client id the LMS gave Lifeline.")
-@click.option("--auth-url", required=True, help="The platform's OIDC authorization (auth login) URL.")
+@click.option(
+    "--auth-url", required=True, help="The platform's OIDC authorization (auth login) URL."
+)
 @click.option("--token-url", required=True, help="The platform's OAuth2 access token URL.")
 @click.option("--keyset-url", required=True, help="The platform's public keyset (JWKS) URL.")
 @click.option(
@@ -153,7 +159,11 @@ def platform() -> None:
     required=True,
     help="A deployment id of Lifeline in this platform; repeat for several.",
 )
-@click.option("--token-audience", default=None, help="Audience for token requests, if not the token URL (Brightspace).")
+@click.option(
+    "--token-audience",
+    default=None,
+    help="Audience for token requests, if not the token URL (Brightspace).",
+)
 def platform_add(
     name: str,
     issuer: str,
@@ -245,7 +255,9 @@ def keys() -> None:
 
 
 @keys.command("rotate", help="Add a new signing key; old keys stay published for a grace period.")
-@click.option("--grace-seconds", type=int, default=None, help="Override LIFELINE_KEY_GRACE_SECONDS.")
+@click.option(
+    "--grace-seconds", type=int, default=None, help="Override LIFELINE_KEY_GRACE_SECONDS."
+)
 def keys_rotate(grace_seconds: int | None) -> None:
     settings = _settings()
     grace = settings.key_grace_seconds if grace_seconds is None else grace_seconds

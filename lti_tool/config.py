@@ -145,7 +145,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         database_url=_database_url(
             _required(env, "DATABASE_URL", "a database URL such as postgresql://u:p@host/db")
         ),
-        redis_url=_redis_url(_required(env, "REDIS_URL", "a Redis URL such as redis://host:6379/0")),
+        redis_url=_redis_url(
+            _required(env, "REDIS_URL", "a Redis URL such as redis://host:6379/0")
+        ),
         secret_key=secret_key,
         base_url=_base_url(_required(env, "BASE_URL", "the public https address of Lifeline")),
         jobs_inline=_bool(env, "JOBS_INLINE", False),

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from sqlalchemy.orm import Session
 
 from ..lti.models import Platform
-from ..lti.registry import add_platform, add_deployment, find_by_issuer
+from ..lti.registry import add_deployment, add_platform, find_by_issuer
 from ..services import current_services
 from . import demo_platform
 from .platform import CLIENT_ID, COURSE, DEPLOYMENT_ID, EXERCISES, USERS
@@ -122,7 +122,9 @@ def auth() -> str | tuple[str, int]:
     if not params.get("nonce"):
         return _auth_error(redirect_uri, state, "invalid_request", "nonce is required")
     user = USERS.get(params.get("login_hint", ""))
-    raw_hint = current_services().redis.getdel("demo-lms:hint:" + params.get("lti_message_hint", ""))
+    raw_hint = current_services().redis.getdel(
+        "demo-lms:hint:" + params.get("lti_message_hint", "")
+    )
     if user is None or raw_hint is None:
         return _auth_error(redirect_uri, state, "login_required", "the demo LMS session expired")
     hint = json.loads(raw_hint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 from pylti1p3.deep_link import DeepLink
 from pylti1p3.deep_link_resource import DeepLinkResource
@@ -13,6 +14,17 @@ from .launch import Launch
 
 MAX_TITLE = 200
 MAX_TEXT = 1000
+
+
+class _ToolRegistration(Registration):
+    """pylti1p3 derives ``kid`` from a public key; ours is the key's stored thumbprint."""
+
+    def __init__(self, kid: str) -> None:
+        super().__init__()
+        self._lifeline_kid = kid
+
+    def get_kid(self) -> str:
+        return self._lifeline_kid
 
 
 class PlacementError(ValueError):
@@ -40,20 +52,16 @@ def response_jwt(
     launch: Launch, key: SigningKey, launch_url: str, placements: list[Placement]
 ) -> str:
     """Sign the response with pylti1p3's DeepLink (``data`` is echoed as the spec requires)."""
-    registration = (
-        Registration()
-        .set_issuer(launch.issuer)
-        .set_client_id(launch.client_id)
-        .set_tool_private_key(key.pem)
-    )
-    registration.get_kid = lambda: key.kid  # pylti1p3 derives kid from the public key
+    registration = _ToolRegistration(key.kid)
+    registration.set_issuer(launch.issuer).set_client_id(launch.client_id)
+    registration.set_tool_private_key(key.pem)
     resources = []
     for placement in placements:
         resource = DeepLinkResource().set_url(launch_url).set_title(placement.title)
         if placement.text:
             resource.set_custom_params({"lifeline_description": placement.text})
         resources.append(resource)
-    deep_link = DeepLink(registration, launch.deployment_id, launch.deep_linking)
+    deep_link = DeepLink(registration, launch.deployment_id, cast(Any, launch.deep_linking))
     message = deep_link.get_message_jwt(resources)
     if "data" not in launch.deep_linking:
         message.pop("https://purl.imsglobal.org/spec/lti-dl/claim/data", None)
@@ -64,7 +72,7 @@ def response_jwt(
     ):
         if placement.text:
             item["text"] = placement.text
-    token: str = deep_link.encode_jwt(message)
+    token: str = deep_link.encode_jwt(message)  # type: ignore[no-untyped-call]
     return token
 
 

@@ -346,7 +346,7 @@ class LaunchValidator:
                     "A deep linking request must carry deep_linking_settings with a "
                     "deep_link_return_url.",
                 )
-        for validator in get_validators():
+        for validator in get_validators():  # type: ignore[no-untyped-call]
             if validator.can_validate(claims):
                 try:
                     validator.validate(claims)
@@ -366,7 +366,9 @@ class LaunchValidator:
             roles=tuple(roles),
             audience=audience_for(roles),
             name=_str(claims.get("name"))
-            or " ".join(filter(None, [_str(claims.get("given_name")), _str(claims.get("family_name"))])),
+            or " ".join(
+                filter(None, [_str(claims.get("given_name")), _str(claims.get("family_name"))])
+            ),
             email=_str(claims.get("email")),
             context_id=_str(context.get("id")),
             context_title=_str(context.get("title")),

@@ -109,8 +109,7 @@ def begin_login(
     if not _same_site(target_link_uri, base_url):
         raise bad_request(
             "invalid_target_link_uri",
-            f"target_link_uri {target_link_uri!r} does not point at this Lifeline "
-            f"({base_url}).",
+            f"target_link_uri {target_link_uri!r} does not point at this Lifeline ({base_url}).",
             "Set the tool's target link URI in the LMS to Lifeline's launch URL.",
         )
     registration = pick_registration(session, cache, issuer, client_id)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
+from werkzeug.wrappers import Response
 
 
 def cookie_options() -> dict[str, Any]:

@@ -7,8 +7,9 @@ import time
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, session
 from sqlalchemy import update
+from werkzeug.wrappers import Response as BaseResponse
 
-from ..courses import LaunchFacts, record_launch, recent_launches
+from ..courses import LaunchFacts, recent_launches, record_launch
 from ..db import utcnow
 from ..launches import ActiveLaunch, load, remember, store
 from ..lti import deep_linking, keys
@@ -51,7 +52,7 @@ def _note_error(exc: LaunchError) -> None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Response:
+def login() -> BaseResponse:
     services = current_services()
     params = {k: v for k, v in request.values.items() if isinstance(v, str)}
     redirect_to = begin_login(

@@ -1,0 +1,43 @@
+# Lifeline: `make demo` runs it with no outside service; `make test` runs the whole suite
+# against real PostgreSQL and Redis (started, or installed with apt-get when missing).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit bench services clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "Lifeline needs Python 3.11 or newer (found: $$($(PYTHON) --version)). Run: make PYTHON=python3.11 ..."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/lifeline demo
+
+services:
+	./scripts/ensure-services.sh
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy lti_tool
+
+test: $(VENV)/.installed-test services lint typecheck
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-test services
+	$(BIN)/python benchmarks/launch.py
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""Fixtures: a real PostgreSQL database (migrated with Alembic), a real Redis (flushed around
+every test), the app factory, and a test LMS platform that signs real RS256 launches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from lti_tool import create_app
+from lti_tool.config import Settings
+from lti_tool.courses import recent_launches
+from lti_tool.db import Database
+from lti_tool.migrate import upgrade
+from lti_tool.web import lti as lti_views
+from tests.platform import JwksServer, TestPlatform
+
+DATABASE_URL = os.environ.get(
+    "LIFELINE_TEST_DATABASE_URL",
+    "postgresql+psycopg://lifeline:lifeline@127.0.0.1:5432/lifeline_test",
+)
+REDIS_URL = os.environ.get("LIFELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BASE_URL = "https://lifeline.test"
+
+
+def _recreate_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = parsed.set(database="postgres").set(drivername="postgresql")
+    dsn = admin.render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{parsed.database}"')
+
+
+@pytest.fixture(scope="session")
+def database() -> Iterator[Database]:
+    _recreate_database(DATABASE_URL)
+    db = Database(DATABASE_URL)
+    upgrade(db.engine)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture(scope="session")
+def jwks_server() -> Iterator[JwksServer]:
+    server = JwksServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def _truncate(db: Database) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "TRUNCATE platforms, deployments, tool_keys, people, courses, exercises "
+                "RESTART IDENTITY CASCADE"
+            )
+        )
+
+
+@pytest.fixture
+def settings(tmp_path: object) -> Settings:
+    return Settings(
+        database_url=DATABASE_URL,
+        redis_url=REDIS_URL,
+        secret_key="test-secret-key-" + "x" * 32,
+        base_url=BASE_URL,
+        jobs_inline=True,
+        instance_path=str(tmp_path),
+        testing=True,
+    )
+
+
+@pytest.fixture
+def app(database: Database, redis_client: redis.Redis, settings: Settings) -> Iterator[Flask]:
+    _truncate(database)
+    recent_launches.clear()
+    lti_views._last_noted.clear()
+    application = create_app(settings)
+    yield application
+    application.extensions["lifeline"].db.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def platform(app: Flask, jwks_server: JwksServer) -> TestPlatform:
+    lms = TestPlatform(jwks_server)
+    lms.register(app)
+    return lms
