@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .bus import make_redis
+from .bus import attach_publisher, make_redis
 from .config import Settings
 from .db import Database
 from .jobs import make_queue
@@ -42,9 +42,11 @@ def create_app(settings: Settings) -> Flask:
     redis_client = make_redis(settings.redis_url)
     registrations = RegistrationCache(settings.registration_cache_seconds)
     platform_keys = PlatformKeys(redis_client, settings.http_timeout)
+    database = Database(settings.database_url)
+    attach_publisher(database.sessionmaker, redis_client)
     app.extensions[EXTENSION] = Services(
         settings=settings,
-        db=Database(settings.database_url),
+        db=database,
         redis=redis_client,
         registrations=registrations,
         platform_keys=platform_keys,

@@ -6,9 +6,14 @@ Redis carries only what can be rebuilt (nonces, caches, the job queue, pub/sub f
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
+from typing import Any
 
 import redis
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
 
 from .config import MEMORY_REDIS_URL
 
@@ -28,3 +33,38 @@ def make_redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
     )
+
+
+# -- events: published after commit, never before ------------------------------------------
+
+CHANNEL = "lifeline:events"
+PENDING = "lifeline_pending_events"
+EVENT_LOCK_TAKEN = "lifeline_event_lock"
+log = logging.getLogger(__name__)
+
+
+def attach_publisher(sessions: sessionmaker[Session], client: redis.Redis) -> None:
+    """Publish the events a transaction recorded once it has committed.
+
+    A publish that fails (Redis down) loses nothing: the events are rows in the database, and
+    every stream resynchronises from there when the bus comes back.
+    """
+
+    @event.listens_for(sessions, "after_commit")
+    def _publish(session: Session) -> None:
+        pending: list[dict[str, Any]] = session.info.pop(PENDING, [])
+        session.info.pop(EVENT_LOCK_TAKEN, None)
+        if not pending:
+            return
+        try:
+            pipe = client.pipeline(transaction=False)
+            for message in pending:
+                pipe.publish(CHANNEL, json.dumps(message))
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not publish %d event(s): %s", len(pending), exc)
+
+    @event.listens_for(sessions, "after_rollback")
+    def _discard(session: Session) -> None:
+        session.info.pop(PENDING, None)
+        session.info.pop(EVENT_LOCK_TAKEN, None)

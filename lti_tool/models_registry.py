@@ -8,6 +8,8 @@ from sqlalchemy import MetaData
 def metadata() -> MetaData:
     from . import courses  # noqa: F401
     from .db import Base
+    from .help import models as help_models  # noqa: F401
     from .lti import models  # noqa: F401
+    from .tutors import models as tutor_models  # noqa: F401
 
     return Base.metadata

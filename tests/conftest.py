@@ -19,14 +19,19 @@ from lti_tool.config import Settings
 from lti_tool.courses import recent_launches
 from lti_tool.db import Database
 from lti_tool.migrate import upgrade
+from lti_tool.models_registry import metadata
 from lti_tool.web import lti as lti_views
 from tests.platform import JwksServer, TestPlatform
 
+# Each pytest process gets its own database and (mostly) its own Redis db, so several runs on
+# one machine do not trample each other.
 DATABASE_URL = os.environ.get(
     "LIFELINE_TEST_DATABASE_URL",
-    "postgresql+psycopg://lifeline:lifeline@127.0.0.1:5432/lifeline_test",
+    f"postgresql+psycopg://lifeline:lifeline@127.0.0.1:5432/lifeline_test_{os.getpid()}",
 )
-REDIS_URL = os.environ.get("LIFELINE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = os.environ.get(
+    "LIFELINE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{8 + os.getpid() % 8}"
+)
 BASE_URL = "https://lifeline.test"
 
 
@@ -39,6 +44,13 @@ def _recreate_database(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{parsed.database}"')
 
 
+def _drop_database(url: str) -> None:
+    parsed = make_url(url)
+    admin = parsed.set(database="postgres").set(drivername="postgresql")
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{parsed.database}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def database() -> Iterator[Database]:
     _recreate_database(DATABASE_URL)
@@ -46,6 +58,7 @@ def database() -> Iterator[Database]:
     upgrade(db.engine)
     yield db
     db.dispose()
+    _drop_database(DATABASE_URL)
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +79,9 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def _truncate(db: Database) -> None:
+    tables = ", ".join(t.name for t in metadata().sorted_tables)
     with db.engine.begin() as conn:
-        conn.execute(
-            text(
-                "TRUNCATE platforms, deployments, tool_keys, people, courses, exercises "
-                "RESTART IDENTITY CASCADE"
-            )
-        )
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture

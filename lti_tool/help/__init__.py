@@ -1,0 +1,1 @@
+"""The live help queue: requests, claims, sessions, chat, wait estimates."""

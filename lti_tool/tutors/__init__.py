@@ -1,0 +1,1 @@
+"""Tutors: accounts (LTI-linked or invited experts), pools, skills and availability."""
