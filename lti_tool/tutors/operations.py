@@ -238,9 +238,7 @@ def pool_tutors(session: Session, pool_ids: Iterable[int]) -> list[Tutor]:
     return list(
         session.scalars(
             select(Tutor)
-            .join(PoolMember, PoolMember.tutor_id == Tutor.id)
-            .where(PoolMember.pool_id.in_(ids))
-            .distinct()
+            .where(Tutor.id.in_(select(PoolMember.tutor_id).where(PoolMember.pool_id.in_(ids))))
             .order_by(Tutor.id)
         )
     )

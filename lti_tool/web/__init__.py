@@ -23,7 +23,7 @@ def _security_headers(response: Response) -> Response:
 
 
 def init_web(app: Flask) -> None:
-    from . import lti, pages
+    from . import instructor, learner, lti, pages, tutor
 
     app.session_interface = IframeSessionInterface()
     app.jinja_env.globals["csrf_token"] = csrf_token
@@ -34,3 +34,6 @@ def init_web(app: Flask) -> None:
     register_error_handlers(app)
     app.register_blueprint(lti.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(learner.bp)
+    app.register_blueprint(tutor.bp)
+    app.register_blueprint(instructor.bp)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, session
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..courses import LaunchFacts, recent_launches, record_launch
@@ -25,6 +27,7 @@ from .transaction import db_session
 
 bp = Blueprint("lti", __name__, url_prefix="/lti")
 
+_STATE = re.compile(r"[A-Za-z0-9_-]{1,100}")  # the shape of the states begin_login makes
 _NOTE_EVERY = 30.0  # seconds between writes of a platform's last launch / last error
 _last_noted: dict[tuple[int, str], float] = {}
 _note_lock = threading.Lock()
@@ -84,7 +87,7 @@ def launch() -> Response:
     except LaunchError as exc:
         _note_error(exc)
         response = launch_error_response(exc)
-        if state and len(state) <= 100:
+        if _STATE.fullmatch(state):  # never echo arbitrary text into a Set-Cookie name
             delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
         return response
 
@@ -101,6 +104,8 @@ def launch() -> Response:
         resource_link_title=validated.resource_link_title,
     )
     record, written = record_launch(tx, facts)
+    if validated.audience is Audience.TUTOR and record.course_id is not None:
+        _sign_in_lti_tutor(tx, record.person_id, record.course_id)
     if _should_note(validated.registration_id, "launch"):
         tx.execute(
             update(Platform)
@@ -117,6 +122,16 @@ def launch() -> Response:
     response = render_landing(active)
     delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
     return response
+
+
+def _sign_in_lti_tutor(tx: Session, person_id: int, course_id: int) -> None:
+    """A TeachingAssistant / Mentor launch makes the person a tutor of the course's pool."""
+    from ..courses import Course, Person
+    from ..tutors.operations import tutor_for_person
+
+    person, course = tx.get(Person, person_id), tx.get(Course, course_id)
+    if person is not None and course is not None:
+        session["tutor_id"] = tutor_for_person(tx, person, course).id
 
 
 def render_landing(active: ActiveLaunch) -> Response:
