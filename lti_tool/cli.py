@@ -14,7 +14,13 @@ from . import create_app
 from .config import ConfigError, Settings, demo_settings, settings_from_env
 from .db import Database
 from .lti import keys as tool_keys
-from .lti.registry import RegistrationError, add_deployment, add_platform, list_platforms
+from .lti.registry import (
+    RegistrationError,
+    add_deployment,
+    add_platform,
+    check_url,
+    list_platforms,
+)
 from .migrate import SchemaOutOfDate, check_schema, upgrade
 
 
@@ -176,6 +182,13 @@ def platform_add(
 ) -> None:
     database = _database()
     try:
+        # Name the flag, not the field, in the message an admin sees.
+        for flag, url in (
+            ("--auth-url", auth_url),
+            ("--token-url", token_url),
+            ("--keyset-url", keyset_url),
+        ):
+            check_url(flag, url)
         with database.transaction() as session:
             added = add_platform(
                 session,

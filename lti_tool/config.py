@@ -62,7 +62,7 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def _database_url(value: str, name: str = "DATABASE_URL") -> str:
     scheme = urlsplit(value).scheme
-    if scheme.startswith("postgres"):
+    if scheme.startswith("postgres") and "://" in value:
         # Accept the URLs that hosting providers hand out and pick the psycopg 3 driver.
         rest = value.split("://", 1)[1]
         return "postgresql+psycopg://" + rest

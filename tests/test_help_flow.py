@@ -41,7 +41,9 @@ def test_learner_asks_tutor_claims_chats_resolves_and_learner_rates(
     assert status["status"] == "claimed" and status["tutor_name"] == "Tim Tutor"
     assert status["meeting_url"].startswith("https://meet.jit.si/lifeline-")
 
-    assert ada.post(f"/l/{ada.launch_id}/help/{request_id}/chat", {"body": "hi!"}).status_code == 200
+    assert (
+        ada.post(f"/l/{ada.launch_id}/help/{request_id}/chat", {"body": "hi!"}).status_code == 200
+    )
     assert tutor.post(f"/tutor/requests/{request_id}/chat", {"body": "hello"}).status_code == 200
     log = ada.get(f"/l/{ada.launch_id}/help/{request_id}/messages.json").get_json()["messages"]
     assert [(m["author"], m["body"]) for m in log] == [("learner", "hi!"), ("tutor", "hello")]
@@ -111,4 +113,6 @@ def test_release_keeps_the_original_place(app: Flask, platform: TestPlatform) ->
     order = [i["request_id"] for i in tutor.get("/tutor/queue.json").get_json()["queue"]]
     assert order == [first, second]
     stale = tutor.post(f"/tutor/requests/{first}/claim", {"version": "1"})
-    assert stale.status_code == 409 and "changed since your page loaded" in stale.get_json()["error"]
+    assert (
+        stale.status_code == 409 and "changed since your page loaded" in stale.get_json()["error"]
+    )

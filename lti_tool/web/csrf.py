@@ -27,6 +27,8 @@ def csrf_token() -> str:
 def check_csrf() -> None:
     if request.method in {"GET", "HEAD", "OPTIONS"}:
         return
+    if request.routing_exception is not None:
+        return  # no such route or method: let the 404 / 405 through, it says more than CSRF
     if request.endpoint in EXEMPT_ENDPOINTS or request.blueprint in EXEMPT_BLUEPRINTS:
         return
     sent = request.form.get(FIELD) or request.headers.get(HEADER) or ""
