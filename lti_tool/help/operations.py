@@ -193,7 +193,11 @@ def request_help(
         _learner_actor(learner.id),
         request=request,
         to_status=request.status,
-        data={"priority": request.priority, "skills": request.skills},
+        data={
+            "priority": request.priority,
+            "skills": request.skills,
+            "question": request.question[:140],
+        },
     )
     return request, True
 
@@ -601,3 +605,34 @@ def messages(session: Session, request_id: int) -> list[ChatMessage]:
             select(ChatMessage).where(ChatMessage.request_id == request_id).order_by(ChatMessage.id)
         )
     )
+
+
+def set_meeting_url(
+    session: Session, request_id: int, tutor: Tutor, pool_ids: set[int], url: str
+) -> HelpRequest:
+    """Replace a session's meeting link (the generated room failed, or the tutor has their
+    own): the learner's page shows the new one at once."""
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.netloc or len(url) > 1000:
+        raise HelpError(400, "The meeting link must be an https:// address.", field="meeting_url")
+    request = _held(session, request_id, tutor, pool_ids)
+    _transition(
+        session,
+        request,
+        (HelpStatus.CLAIMED.value,),
+        {"meeting_url": url},
+        (HelpRequest.tutor_id == tutor.id,),
+    )
+    events.record(
+        session,
+        "request.meeting",
+        _tutor_actor(tutor),
+        request=request,
+        from_status=request.status,
+        to_status=request.status,
+        tutor_id=tutor.id,
+    )
+    return request

@@ -29,7 +29,7 @@
       source.addEventListener("open", () => { failures = 0; document.body.dataset.live = "stream"; });
       const kinds = ["request.created", "request.claimed", "request.released", "request.transferred",
         "request.resolved", "request.cancelled", "request.away", "request.back", "request.no_show",
-        "request.expired", "request.rated", "chat.message", "queue.changed", "resync"];
+        "request.expired", "request.rated", "request.meeting", "chat.message", "queue.changed", "resync"];
       kinds.forEach((kind) => source.addEventListener(kind, (m) => {
         deliver(Number(m.lastEventId), kind, m.data ? JSON.parse(m.data) : {});
       }));
@@ -128,6 +128,7 @@
         return;
       }
       if (kind === "request.claimed") notify("Lifeline: it's your turn", "A tutor is ready for you.");
+      if (kind === "request.meeting") { window.location.reload(); return; }
       refresh();
     });
     wireChat(root);

@@ -352,6 +352,21 @@ def resolve(request_id: int) -> Response | BaseResponse:
     return _act(request_id, "resolve")
 
 
+@bp.post("/requests/<int:request_id>/meeting")
+def meeting(request_id: int) -> Response | BaseResponse:
+    db = db_session()
+    ctx = current_tutor(db)
+    try:
+        req = ops.set_meeting_url(
+            db, request_id, ctx.tutor, ctx.pool_ids, request.form.get("meeting_url", "")
+        )
+    except ops.HelpError as exc:
+        return _error(exc)
+    if wants_json():
+        return jsonify({"request_id": req.id, "meeting_url": req.meeting_url})
+    return redirect(url_for(".session_page", request_id=req.id), code=303)
+
+
 @bp.post("/requests/<int:request_id>/chat")
 def chat(request_id: int) -> Response | BaseResponse:
     db = db_session()
