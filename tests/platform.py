@@ -33,6 +33,8 @@ class KeysetRoute:
     cache_control: str | None = "max-age=300"
     status: int = 200
     hits: int = 0
+    delay: float = 0.0  # seconds to wait before answering (a slow keyset server)
+    body: bytes | None = None  # raw body served instead of ``document`` (e.g. not JSON)
 
 
 class JwksServer:
@@ -50,14 +52,19 @@ class JwksServer:
                     self.end_headers()
                     return
                 route.hits += 1
-                body = json.dumps(route.document).encode()
-                self.send_response(route.status)
-                self.send_header("Content-Type", "application/json")
-                if route.cache_control:
-                    self.send_header("Cache-Control", route.cache_control)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                if route.delay:
+                    time.sleep(route.delay)
+                body = json.dumps(route.document).encode() if route.body is None else route.body
+                try:
+                    self.send_response(route.status)
+                    self.send_header("Content-Type", "application/json")
+                    if route.cache_control:
+                        self.send_header("Cache-Control", route.cache_control)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout test)
 
             def log_message(self, *args: Any) -> None:
                 pass
