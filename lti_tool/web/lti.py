@@ -141,8 +141,37 @@ def render_landing(active: ActiveLaunch) -> Response:
             abort(403, description="Only instructors can place Lifeline in a course.")
         body = render_template("lti/deep_link.html", launch=launch, error=None)
     else:
-        body = render_template(f"web/{launch.audience.value}.html", launch=launch)
+        body = render_template(
+            f"web/{launch.audience.value}.html", launch=launch, **_landing_context(active)
+        )
     return Response(body, mimetype="text/html")
+
+
+def _landing_context(active: ActiveLaunch) -> dict[str, object]:
+    """What a landing page shows of the queue: the learner's open request, tutors online."""
+    from ..help import queue as help_queue
+    from ..help.operations import active_request
+    from ..tutors.models import Availability
+    from ..tutors.operations import course_pools, effective_availability, pool_tutors
+
+    course_id = active.record.course_id
+    if course_id is None:
+        return {"help_request": None, "tutors_available": 0, "waiting": 0}
+    tx = db_session()
+    pool_ids = [p.id for p in course_pools(tx, course_id)]
+    if active.launch.audience is Audience.LEARNER:
+        available = sum(
+            1
+            for t in pool_tutors(tx, pool_ids)
+            if effective_availability(t) is Availability.AVAILABLE
+        )
+        return {
+            "help_request": active_request(tx, active.record.person_id, course_id),
+            "tutors_available": available,
+        }
+    if active.launch.audience is Audience.TUTOR:
+        return {"waiting": len(help_queue.queued(tx, pool_ids))}
+    return {}
 
 
 def launch_for_browser(launch_id: str) -> ActiveLaunch:
