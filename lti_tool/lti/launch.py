@@ -206,7 +206,11 @@ class LaunchValidator:
         now = time.time()
         exp, iat = claims.get("exp"), claims.get("iat")
         for name, value in (("exp", exp), ("iat", iat)):
-            if not isinstance(value, int | float) or isinstance(value, bool):
+            if (
+                not isinstance(value, int | float)
+                or isinstance(value, bool)
+                or not 0 <= value < 2**53  # NaN, infinity and absurd numbers too
+            ):
                 raise unauthorized(
                     f"missing_{name}",
                     f"The id_token has no valid {name!r} time; LTI 1.3 requires it.",
@@ -353,6 +357,10 @@ class LaunchValidator:
                 except LtiException as exc:
                     raise bad_request("invalid_message", str(exc)) from None
         context = _obj(claims.get(CLAIM + "context"))
+        if len(_str(context.get("id"))) > 255:
+            raise bad_request(
+                "invalid_context", "The course id (context.id) is longer than 255 characters."
+            )
         presentation = _obj(claims.get(CLAIM + "launch_presentation"))
         custom = _obj(claims.get(CLAIM + "custom"))
         return Launch(

@@ -51,6 +51,8 @@ def _param(params: Mapping[str, str], name: str, required: bool = True) -> str:
         )
     if len(value) > 4096:
         raise bad_request(f"invalid_{name}", f"The {name!r} parameter is too long.")
+    if "\x00" in value:  # PostgreSQL cannot even compare a string holding NUL
+        raise bad_request(f"invalid_{name}", f"The {name!r} parameter contains a NUL character.")
     return value
 
 

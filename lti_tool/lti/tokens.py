@@ -78,18 +78,35 @@ def parse_token(token: str) -> UnverifiedToken:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
         signature = b64url_decode(parts[2])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise bad_request(
             "id_token_malformed", "The id_token could not be decoded as base64url JSON."
         ) from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise bad_request("id_token_malformed", "The id_token header and body must be objects.")
+    if not _plain_text(header) or not _plain_text(claims):
+        raise bad_request(
+            "id_token_malformed",
+            "The id_token contains a NUL character or an unpaired surrogate, which no claim may "
+            "carry.",
+        )
     return UnverifiedToken(
         header=header,
         claims=claims,
         signing_input=f"{parts[0]}.{parts[1]}".encode("ascii"),
         signature=signature,
     )
+
+
+def _plain_text(value: dict[str, Any]) -> bool:
+    """No NUL and no unpaired surrogate anywhere: neither PostgreSQL nor a UTF-8 page (nor
+    anything else downstream) can carry them, so they are refused here, once."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, RecursionError):
+        return False
+    return "\\u0000" not in text
 
 
 def check_algorithm(token: UnverifiedToken) -> str:
