@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench services clean
+.PHONY: demo test lint typecheck unit bench services clean evaluate
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -38,6 +38,13 @@ test: $(VENV)/.installed-test services lint typecheck
 
 bench: $(VENV)/.installed-test services
 	$(BIN)/python benchmarks/launch.py
+
+# Replay the ITAP ProgSnap2 data set through the detection engine (docs/detection.md).
+ITAP ?= ../shared/data/itap-csedm2019
+evaluate: $(VENV)/.installed
+	@mkdir -p instance
+	$(BIN)/lifeline evaluate $(ITAP) --out instance/itap-flags.csv --report --sensitivity \
+	  --json instance/itap-report.json
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache

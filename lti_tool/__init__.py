@@ -10,11 +10,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .bus import attach_publisher, make_redis
 from .config import Settings
 from .db import Database
-from .jobs import make_queue
+from .jobs import app_context, make_queue
 from .lti.launch import LaunchValidator
 from .lti.platform_keys import PlatformKeys
 from .lti.registry import RegistrationCache
 from .services import EXTENSION, Services
+from .streams import EventHub, hub_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,8 @@ def create_app(settings: Settings) -> Flask:
         platform_keys=platform_keys,
         launches=LaunchValidator(registrations, platform_keys, redis_client, settings.jwt_leeway),
         queue=make_queue(redis_client, settings.jobs_inline),
+        hub=EventHub(database.sessionmaker, lambda: hub_redis(settings.redis_url)),
+        jobs=app_context(settings, database),
     )
 
     from .web import init_web

@@ -12,6 +12,8 @@ import threading
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,8 +32,15 @@ def make_redis(url: str) -> redis.Redis:
             if _memory_server is None:
                 _memory_server = fakeredis.FakeServer()
         return fakeredis.FakeRedis(server=_memory_server)
+    # Short timeouts and a single retry: a hung Redis must fail a web request in seconds,
+    # not stall it for a minute in redis-py's default retry loop.
     return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+        url,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +23,8 @@ from .lti.registry import (
     list_platforms,
 )
 from .migrate import SchemaOutOfDate, check_schema, upgrade
+from .services import EXTENSION
+from .streams import cooperate_with_gevent
 
 
 def _settings() -> Settings:
@@ -82,39 +85,155 @@ def _prepare(settings: Settings) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
-@click.option("--threads", default=16, show_default=True, type=int, help="Threads per worker.")
-def serve(host: str, port: int, workers: int, threads: int) -> None:
+@click.option(
+    "--worker-connections",
+    default=2000,
+    show_default=True,
+    type=int,
+    help="Concurrent connections per worker, live update streams included.",
+)
+@click.option("--threads", type=int, hidden=True, help="Ignored (gevent workers have no threads).")
+def serve(host: str, port: int, workers: int, worker_connections: int, threads: int | None) -> None:
     settings = _settings()
     _prepare(settings)
+    args = ["serve", "--host", host, "--port", str(port), "--workers", str(workers)]
+    _run_gevent_patched_first([*args, "--worker-connections", str(worker_connections)])
     from gunicorn.app.base import BaseApplication
 
+    # gevent, not threads: every open live-update stream holds a connection, and a thread per
+    # connection starves ordinary requests long before a course's dashboards are all open.
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
-            self.cfg.set("threads", threads)
-            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("worker_class", _gevent_worker())
+            self.cfg.set("worker_connections", worker_connections)
             self.cfg.set("accesslog", os.environ.get("LIFELINE_ACCESS_LOG") or None)
             self.cfg.set("timeout", 60)
             self.cfg.set("keepalive", 5)
 
         def load(self) -> Flask:
+            cooperate_with_gevent()  # in case psycopg was imported before the patching
             return create_app(settings)
 
     Server().run()
 
 
-@main.command(help="Run an RQ worker for Lifeline's background jobs.")
-@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
-def worker(burst: bool) -> None:
-    from rq import Worker
+GEVENT_FIRST = (
+    "from gevent import monkey; monkey.patch_all(); import sys; "
+    "from lti_tool.cli import main; sys.exit(main(prog_name='lifeline'))"
+)
 
-    from .bus import make_redis
-    from .jobs import QUEUE_NAME
+
+def _run_gevent_patched_first(args: list[str]) -> None:
+    """Run this command again in a fresh interpreter that lets gevent patch the standard
+    library before anything else is imported; return if this one is it.
+
+    gunicorn's gevent worker patches after the fork, but this process has imported all of
+    Lifeline to parse its command line, urllib3 (through requests) included: with ``ssl``
+    patched that late, every outbound HTTPS call (a platform's JWKS) ends in RecursionError
+    (gevent issue 1016), and psycopg keeps a blocking wait.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("ssl"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-c", GEVENT_FIRST, *args])  # noqa: S606
+
+
+def _gevent_worker() -> type:
+    """gunicorn's gevent worker that ends live streams at once on a graceful stop (SIGTERM),
+    instead of waiting out the graceful timeout for streams that never end by themselves."""
+    import gevent  # type: ignore[import-untyped]
+    from gunicorn.workers.ggevent import GeventWorker
+
+    class LifelineWorker(GeventWorker):  # type: ignore[misc]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            services = getattr(self.wsgi, "extensions", {}).get(EXTENSION)
+            if services is not None:
+                gevent.spawn(services.hub.close_streams)
+
+    return LifelineWorker
+
+
+@main.command(help="Run an RQ worker for Lifeline's background jobs (paging, alerts, sweeps).")
+@click.option("--burst", is_flag=True, help="Exit when the queue is empty.")
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=True,
+    show_default=True,
+    help="Also run RQ's scheduler (SLA checks, retries with back-off); one is active per "
+    "Redis, the others stand by.",
+)
+@click.option("--name", default=None, help="Worker name prefix (default: host.pid).")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+)
+def worker(burst: bool, scheduler: bool, name: str | None, log_level: str) -> None:
+    from .jobs import run_worker
 
     settings = _settings()
-    connection = make_redis(settings.redis_url)
-    Worker([QUEUE_NAME], connection=connection).work(burst=burst)
+    if not run_worker(
+        settings, burst=burst, with_scheduler=scheduler, name=name, logging_level=log_level
+    ):
+        raise click.ClickException("The worker stopped on a Redis error (see the log above).")
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+@main.group(help="Background jobs: see the failed ones and retry them.")
+def jobs() -> None:
+    pass
+
+
+def _jobs_redis() -> Any:
+    from .jobs import ENQUEUE_SOCKET_TIMEOUT, make_job_redis
+
+    return make_job_redis(_settings().redis_url, ENQUEUE_SOCKET_TIMEOUT * 5)
+
+
+@jobs.command("failed", help="List jobs that failed after their retries, with their error.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with full tracebacks).")
+def jobs_failed(as_json: bool) -> None:
+    from .jobs import failed_jobs
+
+    rows = failed_jobs(_jobs_redis())
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No failed jobs.")
+        return
+    for row in rows:
+        call = f"{row['func']}({', '.join(repr(a) for a in row['args'])})"
+        click.echo(f"{row['id']}  {call}  failed {row.get('failed_at') or '?'}")
+        click.echo(f"    {row['error'] or '(no error recorded)'}")
+    click.echo(f"{len(rows)} failed job(s). Retry with `lifeline jobs retry JOB_ID` or --all.")
+
+
+@jobs.command("retry", help="Put failed jobs back on the queue (they run once more).")
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every failed job.")
+def jobs_retry(job_ids: tuple[str, ...], retry_all: bool) -> None:
+    from .jobs import retry_failed
+
+    if retry_all == bool(job_ids):
+        raise click.UsageError("Give one or more JOB_IDs, or --all (not both).")
+    requeued, missing = retry_failed(_jobs_redis(), None if retry_all else job_ids)
+    for job_id in requeued:
+        click.echo(f"Requeued {job_id}.")
+    if not requeued and retry_all:
+        click.echo("No failed jobs to retry.")
+    if missing:
+        raise click.ClickException(
+            f"Not among the failed jobs: {', '.join(missing)} (see `lifeline jobs failed`)."
+        )
 
 
 @main.command(help="Run everything in one process with the built-in demo LMS (no services).")
@@ -128,6 +247,10 @@ def demo(host: str, port: int) -> None:
         tool_keys.ensure_key(session)
     database.dispose()
     app = create_app(settings)
+    from .jobs import start_sweeper
+
+    # Inline jobs schedule nothing ahead: this thread expires and escalates requests instead.
+    start_sweeper(app.extensions[EXTENSION].jobs)
     click.echo(
         f"\n  Lifeline demo running.\n"
         f"  Demo LMS (launch as learner, instructor or tutor): {settings.base_url}/demo/\n"
@@ -296,6 +419,105 @@ def keys_list() -> None:
             else:
                 state = "retired"
             click.echo(f"{key.kid}  created {key.created_at.isoformat()}  {state}")
+
+
+# -- activity ------------------------------------------------------------------------------
+
+
+@main.group(help="Exercise activity: ProgSnap2 imports, re-processing unmapped events.")
+def activity() -> None:
+    pass
+
+
+@activity.command("import-progsnap2", help="Import a ProgSnap2 MainTable CSV into a course.")
+@click.argument("main_table", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--course-id", type=int, required=True, help="Lifeline's id of the course.")
+@click.option(
+    "--code-states",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The CodeState CSV (CodeStateID,Code), for code lengths.",
+)
+def activity_import_progsnap2(main_table: Path, course_id: int, code_states: Path | None) -> None:
+    from .activity.progsnap2 import FileProblem, import_csv
+
+    try:
+        summary = import_csv(_database(), course_id, main_table, code_states)
+    except FileProblem as exc:
+        raise click.ClickException(str(exc)) from None
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    click.echo(f"Read {summary.rows} rows into course #{course_id}: {counts or 'nothing'}.")
+    for problem in summary.problems:
+        click.echo(f"    {problem}")
+
+
+@activity.command("reprocess", help="Map a course's unmapped events again (after mappings).")
+@click.option("--course-id", type=int, required=True, help="Lifeline's id of the course.")
+def activity_reprocess(course_id: int) -> None:
+    from .activity.ingest import Scope, reprocess_unmapped
+    from .courses import Course
+
+    with _database().transaction() as session:
+        course = session.get(Course, course_id)
+        if course is None:
+            raise click.ClickException(f"There is no course #{course_id}.")
+        done = reprocess_unmapped(session, Scope.of(course))
+    click.echo(
+        f"Re-processed {done.examined} unmapped events: {done.accepted} recorded, "
+        f"{done.ignored} not used, {done.still_unmapped} still unmapped."
+    )
+
+
+# -- evaluate ------------------------------------------------------------------------------
+
+
+@main.command(help="Replay a ProgSnap2 data set through the detection engine (no look-ahead).")
+@click.argument("progsnap2_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Where to write FLAGS.csv."
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A rule book (JSON); the default rules otherwise.",
+)
+@click.option("--report", is_flag=True, help="Print precision/recall/flag rate and ROC-AUC.")
+@click.option("--sensitivity", is_flag=True, help="With --report: vary each default parameter.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(dir_okay=False),
+    help="Save the learned score fitted on the whole data set (JSON coefficients).",
+)
+def evaluate(
+    progsnap2_dir: str,
+    out: str,
+    rules_path: str | None,
+    report: bool,
+    sensitivity: bool,
+    json_path: str | None,
+    model_path: str | None,
+) -> None:
+    from .detection.evaluate import format_report, run
+
+    try:
+        rows, result = run(
+            progsnap2_dir,
+            out,
+            rules_path=rules_path,
+            with_sensitivity=sensitivity and report,
+            json_path=json_path,
+            model_path=model_path,
+        )
+    except ValueError as exc:  # RuleError, ProgSnap2Error and friends name the problem
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Wrote {rows} rows to {out}.")
+    if report:
+        click.echo(format_report(result))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -85,6 +85,36 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _smtp_url(value: str) -> str:
+    # Never echo the value: it may hold the SMTP password.
+    parts = urlsplit(value)
+    problem = None
+    if parts.scheme not in {"smtp", "smtps"}:
+        problem = "must start with smtp:// or smtps://"
+    elif not parts.hostname:
+        problem = "has no host"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            problem = "has a port that is not a number"
+    if problem:
+        raise ConfigError(
+            f"{PREFIX}SMTP_URL {problem}: use smtp://user:password@host:587 (STARTTLS) or "
+            "smtps://user:password@host:465."
+        )
+    return value
+
+
+def _mail_from(value: str) -> str:
+    if "@" not in value or "\n" in value or "\r" in value or len(value) > 320:
+        raise ConfigError(
+            f"{PREFIX}MAIL_FROM={value!r} must be an email address, such as "
+            "'Lifeline <lifeline@example.edu>'."
+        )
+    return value
+
+
 def _base_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
@@ -123,6 +153,18 @@ class Settings:
     registration_cache_seconds: int = 10
     instance_path: str = field(default_factory=lambda: str(Path.cwd() / "instance"))
     testing: bool = False
+    # Outgoing email (tutor pages, learner alerts): smtp:// or smtps:// with credentials. Unset:
+    # emails are written to the console instead (the demo). Kept out of repr: it holds a password.
+    smtp_url: str | None = field(default=None, repr=False)
+    # The From address of those emails; defaults to lifeline@<host of base_url>.
+    mail_from: str | None = None
+
+    @property
+    def mail_sender(self) -> str:
+        if self.mail_from:
+            return self.mail_from
+        host = urlsplit(self.base_url).hostname or "localhost"
+        return f"Lifeline <lifeline@{host}>"
 
     @property
     def is_sqlite(self) -> bool:
@@ -160,6 +202,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         http_timeout=float(_int(env, "HTTP_TIMEOUT", 5, minimum=1)),
         registration_cache_seconds=_int(env, "REGISTRATION_CACHE_SECONDS", 10),
         instance_path=_get(env, "INSTANCE_PATH") or str(Path.cwd() / "instance"),
+        smtp_url=_smtp_url(smtp) if (smtp := _get(env, "SMTP_URL")) else None,
+        mail_from=_mail_from(sender) if (sender := _get(env, "MAIL_FROM")) else None,
     )
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import MetaData
 def metadata() -> MetaData:
     from . import courses  # noqa: F401
     from .activity import model as activity_model  # noqa: F401
+    from .activity import models as activity_ingest_models  # noqa: F401
     from .db import Base
     from .help import models as help_models  # noqa: F401
     from .lti import models  # noqa: F401

@@ -10,9 +10,11 @@ from rq import Queue
 
 from .config import Settings
 from .db import Database
+from .jobs import JobContext
 from .lti.launch import LaunchValidator
 from .lti.platform_keys import PlatformKeys
 from .lti.registry import RegistrationCache
+from .streams import EventHub
 
 EXTENSION = "lifeline"
 
@@ -26,6 +28,8 @@ class Services:
     platform_keys: PlatformKeys
     launches: LaunchValidator
     queue: Queue
+    hub: EventHub  # live updates: this process's one Redis pub/sub listener
+    jobs: JobContext  # background jobs: enqueued after commit (or run inline in the demo)
 
 
 def current_services() -> Services:

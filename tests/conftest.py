@@ -3,7 +3,13 @@ every test), the app factory, and a test LMS platform that signs real RS256 laun
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -29,9 +35,59 @@ DATABASE_URL = os.environ.get(
     "LIFELINE_TEST_DATABASE_URL",
     f"postgresql+psycopg://lifeline:lifeline@127.0.0.1:5432/lifeline_test_{os.getpid()}",
 )
-REDIS_URL = os.environ.get(
-    "LIFELINE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{8 + os.getpid() % 8}"
-)
+
+
+def _private_redis() -> str:
+    """A redis-server of this test run's own, on a spare port: pub/sub channels and
+    FLUSHDB of concurrent runs on one machine can then never meet."""
+    binary = shutil.which("redis-server")
+    if binary is None:  # fall back to the machine's Redis (ensure-services starts it)
+        return f"redis://127.0.0.1:6379/{8 + os.getpid() % 8}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="lifeline-test-redis-")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            os.path.join(workdir, "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(_stop, process, workdir)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port, socket_timeout=1).ping():
+                return f"redis://127.0.0.1:{port}/0"
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise RuntimeError("the test run's redis-server did not start")
+
+
+def _stop(process: subprocess.Popen[bytes], workdir: str) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+REDIS_URL = os.environ.get("LIFELINE_TEST_REDIS_URL") or _private_redis()
 BASE_URL = "https://lifeline.test"
 
 
@@ -104,6 +160,7 @@ def app(database: Database, redis_client: redis.Redis, settings: Settings) -> It
     lti_views._last_noted.clear()
     application = create_app(settings)
     yield application
+    application.extensions["lifeline"].hub.stop()
     application.extensions["lifeline"].db.dispose()
 
 

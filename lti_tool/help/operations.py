@@ -88,7 +88,9 @@ def check_new_request(new: NewRequest, allowed_skills: tuple[str, ...]) -> NewRe
         if canonical not in skills:
             skills.append(canonical)
     email = (new.notify_email or "").strip() or None
-    if email is not None and ("@" not in email or len(email) > 320 or " " in email):
+    if email is not None and (
+        "@" not in email or len(email) > 320 or any(c.isspace() for c in email)
+    ):
         raise HelpError(400, f"{email[:80]!r} is not an email address.", field="notify_email")
     return NewRequest(question, tried, tuple(skills), new.context or {}, email)
 
@@ -276,7 +278,8 @@ def step_away(
         raise HelpError(409, "You can only step away while you are waiting in line.")
     cfg = course_settings.load(session, request.course_id)
     until = None if back else utcnow() + dt.timedelta(minutes=cfg.step_away_minutes)
-    _transition(session, request, (HelpStatus.QUEUED.value,), {"away_until": until})
+    if not _transition(session, request, (HelpStatus.QUEUED.value,), {"away_until": until}):
+        raise HelpError(409, f"This request is {request.status} now; reload to see it.")
     events.record(
         session,
         "request.back" if back else "request.away",
@@ -385,12 +388,19 @@ def claim(
     return request
 
 
-def _held(session: Session, request_id: int, tutor: Tutor, pool_ids: set[int]) -> HelpRequest:
+def _held(
+    session: Session,
+    request_id: int,
+    tutor: Tutor,
+    pool_ids: set[int],
+    expected_version: int | None = None,
+) -> HelpRequest:
     request = _tutor_request(session, request_id, pool_ids)
     if request.status != HelpStatus.CLAIMED.value or request.tutor_id != tutor.id:
         holder = session.get(Tutor, request.tutor_id) if request.tutor_id else None
         if request.status == HelpStatus.CLAIMED.value and holder is not None:
             raise HelpError(403, f"Only {holder.display_name}, who holds it, can do that.")
+        _stale(request, expected_version)  # a stale tab hears that the request moved on
         raise HelpError(409, f"This request is {request.status}, not held by you.")
     return request
 
@@ -403,7 +413,7 @@ def release(
     expected_version: int | None = None,
 ) -> HelpRequest:
     """Back to the queue, keeping the original place (queued_at is not touched)."""
-    request = _held(session, request_id, tutor, pool_ids)
+    request = _held(session, request_id, tutor, pool_ids, expected_version)
     if not _transition(
         session,
         request,
@@ -440,6 +450,7 @@ def transfer(
     if request.status == HelpStatus.CLAIMED.value and request.tutor_id != tutor.id:
         raise HelpError(403, "Only the tutor who holds this request can transfer it.")
     if request.status not in ACTIVE_STATUSES:
+        _stale(request, expected_version)
         raise HelpError(409, f"This request is {request.status}; it cannot be transferred.")
     values: dict[str, Any] = {"status": HelpStatus.QUEUED.value, "tutor_id": None}
     course_pool_ids = {p.id for p in course_pools(session, request.course_id)}
@@ -452,7 +463,7 @@ def transfer(
         values["skills"] = list(
             check_new_request(NewRequest("x" * MIN_QUESTION, "", skills), allowed).skills
         )
-    before = request.status
+    before, from_pool_id = request.status, request.pool_id
     if not _transition(
         session, request, ACTIVE_STATUSES, values, expected_version=expected_version
     ):
@@ -466,7 +477,7 @@ def transfer(
         from_status=before,
         to_status=request.status,
         tutor_id=tutor.id,
-        data={"pool_id": request.pool_id, "skills": request.skills},
+        data={"pool_id": request.pool_id, "from_pool_id": from_pool_id, "skills": request.skills},
     )
     return request
 
@@ -491,7 +502,7 @@ def resolve(
     note = note.strip()
     if len(note) > MAX_NOTE:
         raise HelpError(400, f"Keep the note under {MAX_NOTE} characters.", field="note")
-    request = _held(session, request_id, tutor, pool_ids)
+    request = _held(session, request_id, tutor, pool_ids, expected_version)
     now = utcnow()
     if result is Outcome.NO_SHOW:
         cfg = course_settings.load(session, request.course_id)
@@ -615,17 +626,21 @@ def set_meeting_url(
     from urllib.parse import urlsplit
 
     url = url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "https://[": a broken IPv6 host
+        parts = urlsplit("")
     if parts.scheme != "https" or not parts.netloc or len(url) > 1000:
         raise HelpError(400, "The meeting link must be an https:// address.", field="meeting_url")
     request = _held(session, request_id, tutor, pool_ids)
-    _transition(
+    if not _transition(
         session,
         request,
         (HelpStatus.CLAIMED.value,),
         {"meeting_url": url},
         (HelpRequest.tutor_id == tutor.id,),
-    )
+    ):
+        raise HelpError(409, f"This request is {request.status} now, not held by you.")
     events.record(
         session,
         "request.meeting",

@@ -220,7 +220,8 @@ def tutor_view(
                 course_title=(course.title if course else "") or "",
                 exercise_title=(exercise.title if exercise else "") or "",
                 waited_minutes=int((now - request.queued_at).total_seconds() // 60),
-                matches_skills=not wanted or bool(wanted & skills),
+                # A tutor who listed no skills takes anything: plain queue order for them.
+                matches_skills=not wanted or not skills or bool(wanted & skills),
                 similar=(groups.get(key, 1) - 1) if key is not None else 0,
             )
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sqlalchemy.orm import Session
 
@@ -84,14 +84,24 @@ def parse_skills(raw: str) -> tuple[str, ...]:
     return tuple(skills)
 
 
+def _split(value: str) -> SplitResult | None:
+    """The URL's parts, or None if it cannot be parsed (``https://[``: a broken IPv6 host)."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        return None
+
+
 def check_meeting_template(value: str) -> str:
     value = value.strip()
     if not value:
         return DEFAULT_MEETING_TEMPLATE
     if "{room}" not in value:
         raise SettingsError("The meeting link template must contain {room}.")
-    parts = urlsplit(value.replace("{room}", "room"))
-    if parts.scheme != "https" or not parts.netloc:
+    if len(value) > 400:  # the room name makes it longer; the column holds 500
+        raise SettingsError("The meeting link template is too long (400 characters at most).")
+    parts = _split(value.replace("{room}", "room"))
+    if parts is None or parts.scheme != "https" or not parts.netloc:
         raise SettingsError("The meeting link template must be an https:// address.")
     return value
 
@@ -100,9 +110,13 @@ def check_webhook(value: str) -> str | None:
     value = value.strip()
     if not value:
         return None
-    parts = urlsplit(value)
-    loopback = parts.hostname in {"127.0.0.1", "localhost"}
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+    parts = _split(value)
+    loopback = parts is not None and parts.hostname in {"127.0.0.1", "localhost"}
+    if (
+        parts is None
+        or not parts.hostname
+        or (parts.scheme != "https" and not (parts.scheme == "http" and loopback))
+    ):
         raise SettingsError("The notification webhook must be an https:// address.")
     if len(value) > 1000:
         raise SettingsError("The notification webhook address is too long.")
@@ -110,14 +124,17 @@ def check_webhook(value: str) -> str | None:
 
 
 def check_emails(raw: str) -> tuple[str, ...]:
-    emails = []
+    emails: list[str] = []
     for part in re.split(r"[,\s]+", raw):
         if not part:
             continue
         if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", part) or len(part) > 320:
-            raise SettingsError(f"{part[:60]!r} is not an email address.")
-        emails.append(part)
-    return tuple(emails[:20])
+            raise SettingsError(f"Instructor emails: {part[:60]!r} is not an email address.")
+        if part.lower() not in {e.lower() for e in emails}:
+            emails.append(part)
+    if len(emails) > 20:
+        raise SettingsError("Instructor emails: at most 20 addresses.")
+    return tuple(emails)
 
 
 def save(

@@ -49,6 +49,12 @@ def ensure_course_pool(session: Session, course: Course) -> Pool:
     pools = course_pools(session, course.id)
     if pools:
         return pools[0]
+    # Two first requests of a new course must not make two pools (tutors join the first, a
+    # request in the second would wait unseen): whoever locks the course row first makes it.
+    session.execute(select(Course.id).where(Course.id == course.id).with_for_update())
+    pools = course_pools(session, course.id)
+    if pools:
+        return pools[0]
     pool = Pool(name=f"{course.title or course.context_id} tutors"[:200])
     session.add(pool)
     session.flush()
@@ -159,18 +165,36 @@ def accept_invitation(session: Session, token: str, display_name: str, password:
     display_name = display_name.strip()
     if not display_name or len(display_name) > 200:
         raise TutorError("Give the name learners will see (1 to 200 characters).")
-    check_password(password)
     tutor = session.scalars(select(Tutor).where(Tutor.email == invitation.email)).first()
-    if tutor is None:
-        tutor = Tutor(display_name=display_name, email=invitation.email)
-        session.add(tutor)
-    tutor.display_name = display_name
-    tutor.password_hash = _hasher.hash(password)
-    session.flush()
+    if tutor is not None and tutor.password_hash:
+        # An existing account joins one more pool. The link must not reset its password:
+        # whoever holds the link (the inviting instructor sees it) would take the account,
+        # and every pool of every course and platform it serves, over.
+        if authenticate(session, invitation.email, password) is None:
+            raise TutorError(
+                "You already have a Lifeline tutor account: enter its current password to "
+                "add this course to it."
+            )
+    else:
+        check_password(password)
+        if tutor is None:
+            tutor = Tutor(display_name=display_name, email=invitation.email)
+            session.add(tutor)
+        tutor.display_name = display_name
+        tutor.password_hash = _hasher.hash(password)
+        session.flush()
     add_to_pool(session, tutor.id, invitation.pool_id)
     invitation.accepted_at = utcnow()
     invitation.tutor_id = tutor.id
     return tutor
+
+
+def has_account(session: Session, email: str) -> bool:
+    """Whether ``email`` already logs in (an invitation then adds a pool to that account)."""
+    found = session.scalars(
+        select(Tutor.id).where(Tutor.email == email, Tutor.password_hash.is_not(None))
+    ).first()
+    return found is not None
 
 
 def authenticate(session: Session, email: str, password: str) -> Tutor | None:
@@ -202,12 +226,16 @@ def set_availability(
     except ValueError:
         raise TutorError("Availability must be available, away or offline.") from None
     if skills is not None:
-        cleaned = []
+        cleaned: list[str] = []
         for skill in skills:
             skill = skill.strip()
-            if skill and len(skill) <= 40 and skill not in cleaned:
+            if len(skill) > 40:
+                raise TutorError(f"Skill {skill[:40]!r}… is too long (40 characters at most).")
+            if skill and skill not in cleaned:
                 cleaned.append(skill)
-        tutor.skills = cleaned[:50]
+        if len(cleaned) > 50:
+            raise TutorError("List at most 50 skills.")
+        tutor.skills = cleaned
     if capacity is not None:
         if not 1 <= capacity <= 10:
             raise TutorError("Capacity must be between 1 and 10 concurrent sessions.")

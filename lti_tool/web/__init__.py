@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, Response
+from werkzeug.routing import IntegerConverter
 
 from .cookies import IframeSessionInterface
 from .csrf import check_csrf, csrf_token
 from .errors import register_error_handlers
+from .forms import check_form_text
 from .transaction import close_db_session, commit_on_success
 
 
@@ -22,12 +26,29 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-def init_web(app: Flask) -> None:
-    from . import instructor, learner, lti, pages, tutor
+class DatabaseId(IntegerConverter):
+    """``<int:...>`` in a route is a row id: a number no INTEGER column holds is a 404, not a
+    database error."""
 
+    def __init__(
+        self,
+        map: Any,
+        fixed_digits: int = 0,
+        min: int | None = None,
+        max: int | None = 2**31 - 1,
+        signed: bool = False,
+    ) -> None:
+        super().__init__(map, fixed_digits, min, max, signed)
+
+
+def init_web(app: Flask) -> None:
+    from . import activity, instructor, learner, lti, pages, streams, tutor
+
+    app.url_map.converters["int"] = DatabaseId  # before any blueprint adds its rules
     app.session_interface = IframeSessionInterface()
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.before_request(check_csrf)
+    app.before_request(check_form_text)
     app.after_request(commit_on_success)
     app.after_request(_security_headers)
     app.teardown_request(close_db_session)
@@ -37,3 +58,6 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(learner.bp)
     app.register_blueprint(tutor.bp)
     app.register_blueprint(instructor.bp)
+    app.register_blueprint(streams.bp)  # live updates: SSE and JSON polling
+    app.register_blueprint(activity.api)  # xAPI, ProgSnap2, SDK: Basic / Bearer auth
+    app.register_blueprint(activity.bp)  # the instructor's activity page

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, request
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
 
@@ -23,6 +24,17 @@ def cookie_options() -> dict[str, Any]:
 
 
 class IframeSessionInterface(SecureCookieSessionInterface):
+    _serializer: tuple[tuple[Any, ...], URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        """Flask builds a new serializer twice a request; it holds no per-request state, so
+        build it once per secret key (and fallback keys) instead."""
+        keys = (app.secret_key, *(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = self._serializer
+        if cached is None or cached[0] != keys:
+            cached = self._serializer = (keys, super().get_signing_serializer(app))
+        return cached[1]
+
     def get_cookie_samesite(self, app: Flask) -> str | None:
         return str(cookie_options()["samesite"])
 

@@ -83,9 +83,11 @@ def save_settings(launch_id: str) -> BaseResponse | tuple[str, int]:
 def invite(launch_id: str) -> str | tuple[str, int]:
     ctx = _context(launch_id)
     db = db_session()
+    default_pool = tutors.ensure_course_pool(db, ctx.course).id  # before listing the pools
     pool_ids = {p.id for p in tutors.course_pools(db, ctx.course.id)}
-    raw_pool = request.form.get("pool_id", "")
-    pool_id = int(raw_pool) if raw_pool.isdigit() else tutors.ensure_course_pool(db, ctx.course).id
+    raw_pool = request.form.get("pool_id", "").strip()
+    valid = raw_pool.isascii() and raw_pool.isdigit() and len(raw_pool) <= 18
+    pool_id = (int(raw_pool) if valid else -1) if raw_pool else default_pool
     cfg = course_settings.load(db, ctx.course.id)
     if pool_id not in pool_ids:
         return _settings_page(ctx, cfg, error="That pool does not serve this course."), 400

@@ -58,10 +58,15 @@ def shared_context(ctx: LaunchContext) -> dict[str, Any]:
 
 
 def _int_or_none(value: str | None) -> int | None:
+    if value in (None, ""):
+        return None
     try:
-        return int(value) if value not in (None, "") else None
+        number: int | None = int(value)
     except ValueError:
+        number = None
+    if number is None or not -(2**31) < number < 2**31:  # what an INTEGER column holds
         abort(400, description="The form's version field must be a number.")
+    return number
 
 
 @bp.get("/help/new")
@@ -192,9 +197,10 @@ def _act(launch_id: str, request_id: int, action: str) -> Response | BaseRespons
         elif action in {"away", "back"}:
             req = ops.step_away(db, req.id, ctx.person.id, back=action == "back")
         elif action == "rate":
-            rating = _int_or_none(request.form.get("rating"))
-            if rating is None:
+            raw = (request.form.get("rating") or "").strip()
+            if not raw.isascii() or not raw.isdigit():
                 raise ops.HelpError(400, "Choose a rating from 1 to 5 stars.", field="rating")
+            rating = int(raw) if len(raw) <= 3 else 0  # out of range, never a huge int
             req = ops.rate(db, req.id, ctx.person.id, rating, request.form.get("comment", ""))
     except ops.HelpError as exc:
         if wants_json():

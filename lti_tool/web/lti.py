@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, session
-from sqlalchemy import update
+from sqlalchemy import Integer, Select, bindparam, func, select, update
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -106,6 +109,8 @@ def launch() -> Response:
     record, written = record_launch(tx, facts)
     if validated.audience is Audience.TUTOR and record.course_id is not None:
         _sign_in_lti_tutor(tx, record.person_id, record.course_id)
+    else:
+        _end_tutor_session_of_someone_else(tx, record.person_id)
     if _should_note(validated.registration_id, "launch"):
         tx.execute(
             update(Platform)
@@ -134,6 +139,23 @@ def _sign_in_lti_tutor(tx: Session, person_id: int, course_id: int) -> None:
         session["tutor_id"] = tutor_for_person(tx, person, course).id
 
 
+def _end_tutor_session_of_someone_else(tx: Session, person_id: int) -> None:
+    """A launch by another person in this browser (a shared lab computer: the TA left, a
+    learner opened the course) ends the tutor session the cookie still held."""
+    from sqlalchemy import select
+
+    from ..tutors.models import TutorLink
+
+    tutor_id = session.get("tutor_id")
+    if tutor_id is None:
+        return
+    same_person = tx.scalars(
+        select(TutorLink.id).where(TutorLink.tutor_id == tutor_id, TutorLink.person_id == person_id)
+    ).first()
+    if same_person is None:
+        session.pop("tutor_id", None)
+
+
 def render_landing(active: ActiveLaunch) -> Response:
     launch = active.launch
     if launch.is_deep_linking:
@@ -142,7 +164,10 @@ def render_landing(active: ActiveLaunch) -> Response:
         body = render_template("lti/deep_link.html", launch=launch, error=None)
     else:
         body = render_template(
-            f"web/{launch.audience.value}.html", launch=launch, **_landing_context(active)
+            f"web/{launch.audience.value}.html",
+            launch=launch,
+            active=active,  # what sdk_token() needs, without reading it back from Redis
+            **_landing_context(active),
         )
     return Response(body, mimetype="text/html")
 
@@ -150,28 +175,75 @@ def render_landing(active: ActiveLaunch) -> Response:
 def _landing_context(active: ActiveLaunch) -> dict[str, object]:
     """What a landing page shows of the queue: the learner's open request, tutors online."""
     from ..help import queue as help_queue
-    from ..help.operations import active_request
-    from ..tutors.models import Availability
-    from ..tutors.operations import course_pools, effective_availability, pool_tutors
+    from ..tutors.operations import HEARTBEAT_TIMEOUT, course_pools
 
     course_id = active.record.course_id
     if course_id is None:
         return {"help_request": None, "tutors_available": 0, "waiting": 0}
     tx = db_session()
-    pool_ids = [p.id for p in course_pools(tx, course_id)]
     if active.launch.audience is Audience.LEARNER:
-        available = sum(
-            1
-            for t in pool_tutors(tx, pool_ids)
-            if effective_availability(t) is Availability.AVAILABLE
-        )
+        # Learners are most launches: one query, not three (see _learner_landing_query).
+        row = tx.execute(
+            _learner_landing_query(),
+            {
+                "course_id": course_id,
+                "person_id": active.record.person_id,
+                "seen_since": utcnow() - HEARTBEAT_TIMEOUT,
+            },
+        ).one()
         return {
-            "help_request": active_request(tx, active.record.person_id, course_id),
-            "tutors_available": available,
+            "help_request": None if row[1] is None else OpenRequest(row[1], row[2]),
+            "tutors_available": int(row[0]),
         }
     if active.launch.audience is Audience.TUTOR:
+        pool_ids = [p.id for p in course_pools(tx, course_id)]
         return {"waiting": len(help_queue.queued(tx, pool_ids))}
     return {}
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """The learner's open help request, as the landing page shows it."""
+
+    id: int
+    status: str
+
+
+@functools.cache
+def _learner_landing_query() -> Select[Any]:
+    """A learner's landing page in one round trip: the tutors available now in the course's
+    pools, counted as ``tutors.operations.effective_availability`` counts them (available,
+    with a heartbeat within HEARTBEAT_TIMEOUT), and the learner's open request in the course
+    (at most one: a partial unique index). Built once; the values are bound per launch."""
+    from ..help.models import ACTIVE_STATUSES, CoursePool, HelpRequest
+    from ..tutors.models import Availability, PoolMember, Tutor
+
+    course_id = bindparam("course_id", type_=Integer)
+    person_id = bindparam("person_id", type_=Integer)
+    available = (
+        select(func.count())
+        .select_from(Tutor)
+        .where(
+            Tutor.id.in_(
+                select(PoolMember.tutor_id)
+                .join(CoursePool, CoursePool.pool_id == PoolMember.pool_id)
+                .where(CoursePool.course_id == course_id)
+            ),
+            Tutor.availability == Availability.AVAILABLE.value,
+            Tutor.last_seen_at >= bindparam("seen_since"),
+        )
+        .scalar_subquery()
+    )
+    mine = (
+        HelpRequest.learner_id == person_id,
+        HelpRequest.course_id == course_id,
+        HelpRequest.status.in_(ACTIVE_STATUSES),
+    )
+    return select(
+        available,
+        select(HelpRequest.id).where(*mine).limit(1).scalar_subquery(),
+        select(HelpRequest.status).where(*mine).limit(1).scalar_subquery(),
+    )
 
 
 def launch_for_browser(launch_id: str) -> ActiveLaunch:

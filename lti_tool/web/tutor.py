@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
@@ -39,9 +40,18 @@ def _version() -> int | None:
     if not raw:
         return None
     try:
-        return int(raw)
+        number: int | None = int(raw)
     except ValueError:
+        number = None
+    if number is None or not -(2**31) < number < 2**31:  # what an INTEGER column holds
         abort(400, description="The form's version field must be a number.")
+    return number
+
+
+def _pool_id(raw: str) -> int:
+    if not re.fullmatch(r"-?[0-9]{1,18}", raw):
+        raise ops.HelpError(400, f"{raw[:20]!r} is not a pool of this course.", field="pool")
+    return int(raw)
 
 
 # -- account -------------------------------------------------------------------------------
@@ -94,7 +104,13 @@ def invitation(token: str) -> str | tuple[str, int]:
         found = tutors.find_invitation(db_session(), token)
     except tutors.TutorError as exc:
         return render_template("tutor/invite.html", error=str(exc), invitation=None), 404
-    return render_template("tutor/invite.html", error=None, invitation=found, token=token)
+    return render_template(
+        "tutor/invite.html",
+        error=None,
+        invitation=found,
+        token=token,
+        existing=tutors.has_account(db_session(), found.email),
+    )
 
 
 @bp.post("/invite/<token>")
@@ -109,8 +125,9 @@ def accept(token: str) -> BaseResponse | tuple[str, int]:
             found = tutors.find_invitation(db, token)
         except tutors.TutorError:
             found = None
+        existing = found is not None and tutors.has_account(db, found.email)
         return render_template(
-            "tutor/invite.html", error=str(exc), invitation=found, token=token
+            "tutor/invite.html", error=str(exc), invitation=found, token=token, existing=existing
         ), 400
     sign_in_tutor(tutor.id)
     return redirect(url_for(".dashboard"), code=303)
@@ -298,7 +315,7 @@ def _act(request_id: int, action: str) -> Response | BaseResponse:
                 request_id,
                 ctx.tutor,
                 ctx.pool_ids,
-                int(pool_raw) if pool_raw.isdigit() else None,
+                _pool_id(pool_raw) if pool_raw else None,
                 tuple(s for s in skills_raw.split(",") if s.strip()) if skills_raw else None,
                 version,
             )

@@ -1,0 +1,198 @@
+"""Who may write activity into a course: per-course Basic credentials and SDK tokens.
+
+Basic credentials (for an LRS forwarder such as Open edX's event-routing-backends, or a
+ProgSnap2 exporter) are created by an instructor on the course's activity page. The key is
+public; the secret is 256 random bits, shown once, stored as its SHA-256 (a slow password hash
+adds nothing for a secret nobody can guess, and would cost every request). Revoked credentials
+stop working at once.
+
+SDK tokens are what an exercise page uses: signed (itsdangerous, with the app's secret) for
+one person, course and exercise, and valid for two hours. They carry no other power.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..courses import Course, Exercise, Person
+from ..db import utcnow
+from .models import ActivityCredential
+
+KEY_PREFIX = "ll_"
+_KEY = re.compile(r"^ll_[A-Za-z0-9_-]{8,60}$")
+MAX_LABEL = 200
+MAX_CREDENTIALS = 50  # live credentials per course
+LAST_USED_EVERY = dt.timedelta(minutes=1)
+
+SDK_SALT = "lifeline.activity.sdk"
+SDK_TOKEN_SECONDS = 2 * 3600
+MAX_TOKEN = 500
+
+
+class CredentialError(Exception):
+    pass
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewCredential:
+    credential: ActivityCredential
+    secret: str  # shown once, never stored
+
+
+def create(
+    session: Session, course: Course, label: str, created_by: int | None = None
+) -> NewCredential:
+    label = " ".join(label.split())
+    if len(label) > MAX_LABEL:
+        raise CredentialError(f"The label is longer than {MAX_LABEL} characters.")
+    live = len(active(session, course.id))
+    if live >= MAX_CREDENTIALS:
+        raise CredentialError(
+            f"This course already has {live} live credentials: revoke unused ones first."
+        )
+    secret = secrets.token_urlsafe(32)
+    credential = ActivityCredential(
+        platform_id=course.platform_id,
+        course_id=course.id,
+        key=KEY_PREFIX + secrets.token_urlsafe(12),
+        secret_hash=_hash(secret),
+        label=label,
+        created_by=created_by,
+    )
+    session.add(credential)
+    session.flush()
+    return NewCredential(credential, secret)
+
+
+def active(session: Session, course_id: int) -> list[ActivityCredential]:
+    return list(
+        session.scalars(
+            select(ActivityCredential)
+            .where(
+                ActivityCredential.course_id == course_id, ActivityCredential.revoked_at.is_(None)
+            )
+            .order_by(ActivityCredential.id)
+        )
+    )
+
+
+def listing(session: Session, course_id: int) -> list[ActivityCredential]:
+    return list(
+        session.scalars(
+            select(ActivityCredential)
+            .where(ActivityCredential.course_id == course_id)
+            .order_by(ActivityCredential.revoked_at.is_not(None), ActivityCredential.id.desc())
+        )
+    )
+
+
+def revoke(session: Session, course_id: int, credential_id: int) -> bool:
+    """Revoke a credential of this course; False when it is not one (or already revoked)."""
+    result = session.execute(
+        update(ActivityCredential)
+        .where(
+            ActivityCredential.id == credential_id,
+            ActivityCredential.course_id == course_id,
+            ActivityCredential.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def authenticate(session: Session, key: str, secret: str) -> ActivityCredential | None:
+    """The live credential with this key and secret, or None (the same for every failure)."""
+    if not _KEY.match(key) or len(secret) > 200:
+        return None
+    credential = session.scalars(
+        select(ActivityCredential).where(
+            ActivityCredential.key == key, ActivityCredential.revoked_at.is_(None)
+        )
+    ).first()
+    if credential is None or not hmac.compare_digest(credential.secret_hash, _hash(secret)):
+        return None
+    now = utcnow()
+    if credential.last_used_at is None or now - credential.last_used_at > LAST_USED_EVERY:
+        credential.last_used_at = now
+    return credential
+
+
+# -- SDK tokens ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SdkIdentity:
+    """What an SDK token lets its holder do: add events of one learner on one exercise."""
+
+    platform_id: int
+    course_id: int
+    learner_id: int
+    exercise_id: int
+
+
+class SdkTokenError(Exception):
+    def __init__(self, message: str, expired: bool = False) -> None:
+        super().__init__(message)
+        self.message, self.expired = message, expired
+
+
+@functools.lru_cache(maxsize=8)  # stateless once built; one per secret key, not per launch
+def _serializer(secret_key: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret_key, salt=SDK_SALT)
+
+
+def issue_sdk_token(secret_key: str, identity: SdkIdentity) -> str:
+    return _serializer(secret_key).dumps(
+        [1, identity.platform_id, identity.course_id, identity.learner_id, identity.exercise_id]
+    )
+
+
+def read_sdk_token(secret_key: str, token: str, max_age: int = SDK_TOKEN_SECONDS) -> SdkIdentity:
+    if not token or len(token) > MAX_TOKEN or not token.isascii():
+        raise SdkTokenError("The SDK token is missing or malformed.")
+    try:
+        payload = _serializer(secret_key).loads(token, max_age=max_age)
+    except SignatureExpired:
+        raise SdkTokenError(
+            "The SDK token has expired: reload the exercise page to get a new one.", expired=True
+        ) from None
+    except (BadSignature, ValueError, TypeError):
+        raise SdkTokenError("The SDK token is not valid (not issued by this Lifeline).") from None
+    if (
+        not isinstance(payload, list)
+        or len(payload) != 5
+        or payload[0] != 1
+        or not all(type(v) is int for v in payload)
+    ):
+        raise SdkTokenError("The SDK token is not valid (not issued by this Lifeline).")
+    return SdkIdentity(*payload[1:])
+
+
+def check_sdk_identity(session: Session, identity: SdkIdentity) -> bool:
+    """Whether the token's learner, course and exercise still exist and belong together."""
+    found = session.execute(
+        select(Exercise.id)
+        .join(Course, Course.id == Exercise.course_id)
+        .join(Person, Person.platform_id == Course.platform_id)
+        .where(
+            Exercise.id == identity.exercise_id,
+            Course.id == identity.course_id,
+            Course.platform_id == identity.platform_id,
+            Person.id == identity.learner_id,
+        )
+    ).first()
+    return found is not None
