@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,22 @@ from lti_tool.cli import main
 from lti_tool.detection.evaluate import evaluate
 from lti_tool.detection.progsnap2 import ProgSnap2Error, read_progsnap2, syntax_error
 
-ITAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "itap-csedm2019"
+
+def _find_itap() -> Path:
+    """The shared data set sits beside the checkout (../shared), in CI and here alike;
+    LIFELINE_SHARED_DIR points elsewhere when a clone lives somewhere else."""
+    candidates = [
+        Path(os.environ.get("LIFELINE_SHARED_DIR", "/nonexistent")),
+        Path(__file__).resolve().parents[1].parent / "shared",
+        Path("/work/shared"),
+    ]
+    for shared in candidates:
+        if (shared / "data" / "itap-csedm2019" / "MainTable.csv").exists():
+            return shared / "data" / "itap-csedm2019"
+    return candidates[1] / "data" / "itap-csedm2019"
+
+
+ITAP = _find_itap()
 
 HEADER = [
     "EventType",
