@@ -20,40 +20,48 @@ Every loop is bounded in count and time, and the whole run by --max-seconds.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import base64
-import contextlib
-import http.client
-import json
-import math
-import multiprocessing
 import os
-import random
-import re
-import secrets
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
 
-import jwt
-import psycopg
-import redis
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+# Run as a script, this folder comes first on sys.path, where a sibling benchmark may be
+# named like a standard module (queue.py): drop it before importing anything else.
+sys.path[:] = [
+    p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))
+]
+
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+import contextlib  # noqa: E402
+import http.client  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import multiprocessing  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import secrets  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+from urllib.parse import parse_qs, urlencode, urlsplit  # noqa: E402
+
+import jwt  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -62,7 +70,8 @@ PG_ADMIN = os.environ.get(
     "LIFELINE_BENCH_PG_ADMIN", "postgresql://lifeline:lifeline@127.0.0.1:5432/postgres"
 )
 DB_NAME = os.environ.get("LIFELINE_BENCH_DB", "lifeline_bench")
-# Redis db 7: the test suite takes dbs 8-15 (tests/conftest.py), the app defaults to db 0.
+# Redis db 7: test runs without a redis-server of their own use dbs 8-15 (tests/conftest.py),
+# the app defaults to db 0.
 REDIS_URL = os.environ.get("LIFELINE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
 
 ISSUER = "https://lms.bench.example"
@@ -999,19 +1008,25 @@ class Results:
     decode: list[float] = field(default_factory=list)
     share: dict[str, float] = field(default_factory=dict)
     half_rate: float = 0.0
+    loads: list[float] = field(default_factory=list)  # 1-minute load average, each round
 
 
-def acquire_run_lock() -> int:
-    """One benchmark at a time on this machine: runs share the database name and Redis db."""
+def acquire_run_lock(wait: float) -> int:
+    """One benchmark at a time on this machine (benchmarks/queue.py takes the same lock): runs
+    would share the database name and Redis db, and would measure each other."""
     import fcntl
 
     fd = os.open(Path(tempfile.gettempdir(), "lifeline-bench.lock"), os.O_WRONLY | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise SystemExit("another Lifeline benchmark is running on this machine") from None
-    return fd
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise SystemExit("another Lifeline benchmark is running on this machine") from None
+            time.sleep(1)
 
 
 def create_database() -> str:
@@ -1135,7 +1150,9 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
     hello_argv += ["--worker-connections", str(args.worker_connections)]
     hello_argv += ["--worker-class", args.worker_class]
     log(f"starting the bare Flask app on {HOST}:{hello_port} (same gunicorn settings)")
-    start_server(cleanup, "hello app", hello_argv, env, hello_port, workdir / "hello.log")
+    hello_server = start_server(
+        cleanup, "hello app", hello_argv, env, hello_port, workdir / "hello.log"
+    )
 
     cleanup.add("stop client processes", stop_clients)
 
@@ -1171,9 +1188,11 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
         return result
 
     def measure_hello() -> LoadResult:
+        pids = children_of(hello_server.pid)
+        cpu_before = sum(cpu_seconds(p) for p in pids)
         _child_usage()
         if use_wrk:
-            return run_wrk(
+            result = run_wrk(
                 hello_port,
                 args.seconds,
                 args.connections,
@@ -1183,15 +1202,18 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
                 "/",
                 None,
             )
-        raw = raw_request("GET", "/", hello_port)
-        per = int(args.seconds * 20_000)
-        return run_python_load(
-            args.client_procs,
-            hello_port,
-            args.seconds,
-            args.connections,
-            [[raw] * per for _ in range(args.client_procs)],
-        )
+        else:
+            raw = raw_request("GET", "/", hello_port)
+            per = int(args.seconds * 20_000)
+            result = run_python_load(
+                args.client_procs,
+                hello_port,
+                args.seconds,
+                args.connections,
+                [[raw] * per for _ in range(args.client_procs)],
+            )
+        result.server_cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
+        return result
 
     # Warm-up: every worker sees the platform, its keys and the user pool once.
     log("warming up (launches through every worker)")
@@ -1208,6 +1230,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
         if launch.exhausted:
             log("  (the pre-built launches ran out early: the rate is over the time they lasted)")
         results.launch.append(launch)
+        results.loads.append(os.getloadavg()[0])
         estimate = max(estimate, launch.rate)
         log(
             f"round {round_no}/{args.rounds}: hello {hello.rate:,.0f} req/s, "
@@ -1220,7 +1243,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
         results.decode.append(decode)
 
     peak = median([r.rate for r in results.launch])
-    results.half_rate = peak / 2
+    results.half_rate = args.latency_rate or peak / 2
     for round_no in range(1, args.latency_rounds + 1):
         per_proc = results.half_rate / args.client_procs
         jobs = [
@@ -1234,6 +1257,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
         merged["failures"] = sum(p["failures"] for p in parts)
         merged["late"] = sum(p["late"] for p in parts)
         results.latency.append(merged)
+        results.loads.append(os.getloadavg()[0])
         log(
             f"latency round {round_no}/{args.latency_rounds} at {results.half_rate:,.0f} "
             f"complete launches/s: p50 {percentile(merged['complete'], 50) * 1e3:.2f} ms, "
@@ -1253,6 +1277,10 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
     p99 = [percentile(r["complete"], 99) * 1e3 for r in results.latency]
     launch_p99 = [percentile(r["launch"], 99) * 1e3 for r in results.latency]
     worker_cpu = [r.server_cpu / max(r.ok, 1) * 1e6 for r in results.launch]
+    hello_cpu = [r.server_cpu / max(r.ok, 1) * 1e6 for r in results.hello]
+    # Worker CPU per request is far less sensitive to other load on the machine than rates
+    # are: hello CPU / launch CPU is the ratio the rates would show on an otherwise idle box.
+    cpu_ratios = [h / w for h, w in zip(hello_cpu, worker_cpu, strict=True) if w]
     share = results.share
     jwt_of_worker = share["jwt_us_per_launch"] / median(worker_cpu) if worker_cpu else 0.0
 
@@ -1286,6 +1314,16 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             fmt(worker_cpu, ",.0f"),
         ),
         (
+            "gunicorn worker CPU per hello (us)",
+            f"{median(hello_cpu):,.0f}",
+            fmt(hello_cpu, ",.0f"),
+        ),
+        (
+            "CPU-cost ratio hello / launch",
+            f"{median(cpu_ratios):.0%}",
+            fmt(cpu_ratios, ".0%"),
+        ),
+        (
             "JWT work per launch (us, in-process)",
             f"{share['jwt_us_per_launch']:,.1f}",
             f"of {share['cpu_us_per_launch']:,.0f} us app CPU",
@@ -1307,6 +1345,11 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
     ]
     for name, met in targets:
         print(f"  target {name}: {'MET' if met else 'NOT MET'}")
+    if results.loads:
+        print(
+            f"  1-minute load average during the rounds: {min(results.loads):.1f} to "
+            f"{max(results.loads):.1f} on {os.cpu_count()} CPUs (other load skews the rates)"
+        )
     failures = sum(r.bad for r in results.launch) + sum(r["failures"] for r in results.latency)
     if failures:
         print(f"  warning: {failures} requests failed during the measurements")
@@ -1330,10 +1373,13 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
         "verify_per_s": results.verify,
         "pyjwt_decode_per_s": results.decode,
         "worker_cpu_us_per_launch": worker_cpu,
+        "worker_cpu_us_per_hello": hello_cpu,
+        "cpu_cost_ratio": cpu_ratios,
         "client_cpu_cores": [r.client_cpu / r.seconds for r in results.launch],
         "share": share,
         "jwt_share_of_worker": jwt_of_worker,
         "failures": failures,
+        "load_averages": results.loads,
     }
 
 
@@ -1343,6 +1389,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per load run")
     parser.add_argument("--latency-rounds", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--latency-rate", type=float, help="complete launches/s (default: half the peak)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     parser.add_argument(
@@ -1369,6 +1418,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument("--max-seconds", type=int, default=600, help="abort the run after this")
+    parser.add_argument("--lock-wait", type=float, default=300, help="wait for another bench")
     parser.add_argument("--serve-hello", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -1385,8 +1435,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     signal.signal(signal.SIGALRM, interrupt)
+    lock = acquire_run_lock(args.lock_wait)
     signal.alarm(args.max_seconds)
-    lock = acquire_run_lock()
     cleanup = Cleanup()
     results = Results()
     started = time.monotonic()

@@ -49,6 +49,7 @@ def make_redis(url: str) -> redis.Redis:
 CHANNEL = "lifeline:events"
 PENDING = "lifeline_pending_events"
 EVENT_LOCK_TAKEN = "lifeline_event_lock"
+OUTER_COMMIT = "lifeline_outer_commit"
 log = logging.getLogger(__name__)
 
 
@@ -59,8 +60,17 @@ def attach_publisher(sessions: sessionmaker[Session], client: redis.Redis) -> No
     every stream resynchronises from there when the bus comes back.
     """
 
+    # after_commit also fires when a savepoint is released: publish only on the outermost
+    # commit, marked in before_commit while no savepoint is open.
+    @event.listens_for(sessions, "before_commit")
+    def _mark_outer(session: Session) -> None:
+        if not session.in_nested_transaction():
+            session.info[OUTER_COMMIT] = True
+
     @event.listens_for(sessions, "after_commit")
     def _publish(session: Session) -> None:
+        if not session.info.pop(OUTER_COMMIT, False):
+            return
         pending: list[dict[str, Any]] = session.info.pop(PENDING, [])
         session.info.pop(EVENT_LOCK_TAKEN, None)
         if not pending:
@@ -73,7 +83,10 @@ def attach_publisher(sessions: sessionmaker[Session], client: redis.Redis) -> No
         except redis.RedisError as exc:
             log.warning("could not publish %d event(s): %s", len(pending), exc)
 
-    @event.listens_for(sessions, "after_rollback")
-    def _discard(session: Session) -> None:
+    @event.listens_for(sessions, "after_soft_rollback")
+    def _discard(session: Session, previous: Any) -> None:
+        if previous.parent is not None:
+            return  # a savepoint rolled back; the outer transaction goes on
+        session.info.pop(OUTER_COMMIT, None)
         session.info.pop(PENDING, None)
         session.info.pop(EVENT_LOCK_TAKEN, None)

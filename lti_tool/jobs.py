@@ -306,6 +306,8 @@ def attach_enqueuer(sessions: sessionmaker[Session], context: JobContext) -> Non
 
     @event.listens_for(sessions, "before_commit")
     def _copy(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a savepoint: only the outermost commit enqueues
         pending = session.info.get(PENDING)
         if pending:
             session.info[COMMITTED] = list(pending)
@@ -319,9 +321,10 @@ def attach_enqueuer(sessions: sessionmaker[Session], context: JobContext) -> Non
             except Exception:  # never fail a request that has committed
                 log.exception("could not start job %s%r", func, args)
 
-    @event.listens_for(sessions, "after_rollback")
-    def _discard(session: Session) -> None:
-        session.info.pop(COMMITTED, None)
+    @event.listens_for(sessions, "after_soft_rollback")
+    def _discard(session: Session, previous: Any) -> None:
+        if previous.parent is None:
+            session.info.pop(COMMITTED, None)
 
 
 def start_sweeper(context: JobContext, every: float = INLINE_SWEEP_EVERY) -> threading.Thread:

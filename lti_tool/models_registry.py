@@ -10,6 +10,7 @@ def metadata() -> MetaData:
     from .activity import model as activity_model  # noqa: F401
     from .activity import models as activity_ingest_models  # noqa: F401
     from .db import Base
+    from .detection import models as detection_models  # noqa: F401
     from .help import models as help_models  # noqa: F401
     from .lti import models  # noqa: F401
     from .tutors import models as tutor_models  # noqa: F401

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from . import jobs
 from .db import utcnow
+from .detection import live
 from .help import paging
 from .help.models import HelpRequest, HelpStatus
 from .help.operations import expire_away
@@ -100,4 +101,14 @@ def sweep() -> dict[str, Any]:
             context.enqueue(jobs.PAGE_REQUEST, request_id, wave)
         else:
             context.enqueue(jobs.CHECK_SLA, request_id, wave)
-    return {"expired": expired, "repaged": [list(pair) for pair in overdue]}
+    # Live detection's time-based triggers (silence after a failure) and stale offers: last,
+    # so nothing above waits on them.
+    with context.session() as session:
+        offer_ids = [o.id for o in live.tick(session)]
+        live.expire_offers(session)
+        session.commit()
+    return {
+        "expired": expired,
+        "repaged": [list(pair) for pair in overdue],
+        **({"offers": offer_ids} if offer_ids else {}),  # offers live detection made
+    }

@@ -741,8 +741,11 @@ def _stored_bodies(
 
 def after_store(session: Session, records: Sequence[ActivityRecord]) -> None:
     """Called once per batch with the records just stored (ids assigned, not yet committed),
-    in the request's transaction. The detection engine hooks in here."""
-    return None
+    in the request's transaction. The detection engine hooks in here (``detection.live``; a
+    detection failure is logged and never loses the events)."""
+    from ..detection import live
+
+    live.process_records(session, records)
 
 
 # -- re-processing ----------------------------------------------------------------------------

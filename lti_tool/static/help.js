@@ -29,7 +29,8 @@
       source.addEventListener("open", () => { failures = 0; document.body.dataset.live = "stream"; });
       const kinds = ["request.created", "request.claimed", "request.released", "request.transferred",
         "request.resolved", "request.cancelled", "request.away", "request.back", "request.no_show",
-        "request.expired", "request.rated", "request.meeting", "chat.message", "queue.changed", "resync"];
+        "request.expired", "request.rated", "request.meeting", "chat.message", "queue.changed", "resync",
+        "offer.created", "offer.accepted", "offer.declined", "offer.escalated", "offer.expired"];
       kinds.forEach((kind) => source.addEventListener(kind, (m) => {
         deliver(Number(m.lastEventId), kind, m.data ? JSON.parse(m.data) : {});
       }));
@@ -181,7 +182,57 @@
     });
   }
 
+  // -- learner landing: live detection's offer ---------------------------------------------
+  function learnerOffers(box) {
+    const $ = (id) => box.querySelector("[data-testid=" + id + "]");
+    const accept = $("offer-accept"), decline = $("offer-decline"), consent = $("offer-consent");
+    const error = $("offer-error");
+    let current = null;
+    function render(offers) {
+      current = (offers || [])[0] || null;
+      if (!current) { box.hidden = true; return; }
+      $("offer-headline").textContent = current.headline;
+      $("offer-reason").textContent = current.reason ? " (" + current.reason + ")" : "";
+      $("offer-consent-label").hidden = !current.can_consent;
+      consent.checked = !!current.consent;
+      error.hidden = true;
+      accept.disabled = false;
+      box.hidden = false;
+    }
+    function load() {
+      return fetch(box.dataset.offersUrl, {credentials: "same-origin", headers: {"Accept": "application/json"}})
+        .then((r) => (r.ok ? r.json() : null))
+        .then((body) => { if (body) render(body.offers); return body; })
+        .catch(() => null);
+    }
+    function fail(body) {
+      error.textContent = (body && body.error) || "That did not work. Try again.";
+      error.hidden = false;
+      accept.disabled = false;
+    }
+    accept.addEventListener("click", () => {
+      if (!current) return;
+      accept.disabled = true;
+      post(current.accept_url, {}).then((r) => r.json().then((body) => {
+        if (r.ok && body.url) window.location.href = body.url; else fail(body);
+      })).catch(() => fail(null));
+    });
+    decline.addEventListener("click", () => {
+      if (!current) return;
+      post(current.decline_url, {}).then(() => load());
+      box.hidden = true;
+    });
+    consent.addEventListener("change", () => {
+      if (current && consent.checked) post(current.consent_url, {}).catch(() => {});
+    });
+    load().then((body) => {
+      follow(box.dataset.streamUrl, box.dataset.pollUrl, body ? body.last_event_id : 0, () => load());
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    const offerBox = document.querySelector("[data-offers-url]");
+    if (offerBox) learnerOffers(offerBox);
     const page = document.querySelector("[data-page]");
     if (!page) return;
     ({"learner-status": learnerStatus, "tutor-dashboard": tutorDashboard,

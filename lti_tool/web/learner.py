@@ -8,7 +8,6 @@ from flask import Blueprint, Response, abort, jsonify, redirect, render_template
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..courses import Exercise
 from ..help import operations as ops
 from ..help import queue
 from ..help import settings as course_settings
@@ -46,15 +45,11 @@ def last_event_id() -> int:
 
 
 def shared_context(ctx: LaunchContext) -> dict[str, Any]:
-    """Exactly what a tutor will see about the learner's situation."""
-    exercise = db_session().get(Exercise, ctx.exercise_id) if ctx.exercise_id else None
-    return {
-        "course": ctx.course.title or ctx.course.context_id,
-        "exercise": (exercise.title or exercise.resource_link_id) if exercise else "",
-        "attempts": [],  # filled by activity tracking once exercise events flow in
-        "last_error": "",
-        "code_snapshot": "",
-    }
+    """Exactly what a tutor will see about the learner's situation: the course, the exercise,
+    and from activity tracking their latest attempts and last error."""
+    from ..detection.live import activity_context
+
+    return activity_context(db_session(), ctx.course, ctx.person.id, ctx.exercise_id)
 
 
 def _int_or_none(value: str | None) -> int | None:

@@ -6,11 +6,13 @@ import functools
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, session
 from sqlalchemy import Integer, Select, bindparam, func, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -180,25 +182,39 @@ def _landing_context(active: ActiveLaunch) -> dict[str, object]:
     course_id = active.record.course_id
     if course_id is None:
         return {"help_request": None, "tutors_available": 0, "waiting": 0}
-    tx = db_session()
     if active.launch.audience is Audience.LEARNER:
-        # Learners are most launches: one query, not three (see _learner_landing_query).
-        row = tx.execute(
-            _learner_landing_query(),
-            {
-                "course_id": course_id,
-                "person_id": active.record.person_id,
-                "seen_since": utcnow() - HEARTBEAT_TIMEOUT,
-            },
-        ).one()
+        # Learners are most launches: one query, not three (see _learner_landing_query), read
+        # outside a transaction (the launch has committed its writes by now), so no BEGIN and
+        # COMMIT round trips around it.
+        with _autocommit(current_services().db.engine).connect() as conn:
+            row = conn.execute(
+                _learner_landing_query(),
+                {
+                    "course_id": course_id,
+                    "person_id": active.record.person_id,
+                    "seen_since": utcnow() - HEARTBEAT_TIMEOUT,
+                },
+            ).one()
         return {
             "help_request": None if row[1] is None else OpenRequest(row[1], row[2]),
             "tutors_available": int(row[0]),
         }
     if active.launch.audience is Audience.TUTOR:
+        tx = db_session()
         pool_ids = [p.id for p in course_pools(tx, course_id)]
         return {"waiting": len(help_queue.queued(tx, pool_ids))}
     return {}
+
+
+_autocommit_engines: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def _autocommit(engine: Engine) -> Engine:
+    """``engine`` for single reads that need no transaction (it shares the engine's pool)."""
+    found = _autocommit_engines.get(engine)
+    if found is None:
+        found = _autocommit_engines[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return found
 
 
 @dataclass(frozen=True)
