@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench services clean evaluate
+.PHONY: demo test lint typecheck unit bench bench-ingest bench-queue services clean evaluate
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -38,6 +38,14 @@ test: $(VENV)/.installed-test services lint typecheck
 
 bench: $(VENV)/.installed-test services
 	$(BIN)/python benchmarks/launch.py
+
+# xAPI ingestion with 50 live rules, and event -> offer on the learner's page (docs/performance.md).
+bench-ingest: $(VENV)/.installed-test services
+	$(BIN)/python benchmarks/ingest.py
+
+# Help queue: SSE delivery to 200 / 1,000 dashboards and contended claims (docs/performance.md).
+bench-queue: $(VENV)/.installed-test services
+	$(BIN)/python benchmarks/queue.py
 
 # Replay the ITAP ProgSnap2 data set through the detection engine (docs/detection.md).
 ITAP ?= ../shared/data/itap-csedm2019
