@@ -592,7 +592,7 @@ def lifeline_delivery(
         if connected < len(cookies):
             raise RuntimeError(f"{len(cookies) - connected} streams did not open: {bad[:3]}")
         if not all(h.startswith(b"HTTP/1.1 200") for h in fan.heads):
-            raise RuntimeError(f"a stream was refused: {[h for h in fan.heads][:3]}")
+            raise RuntimeError(f"a stream was refused: {fan.heads[:3]}")
         fan.drain(0.5)
 
         def make_event() -> tuple[int, float]:
@@ -615,7 +615,7 @@ def lifeline_delivery(
 
 def redis_reference(redis_url: str, count: int, args: argparse.Namespace) -> DeliveryRun:
     client = redis.Redis.from_url(redis_url)
-    host, port = HOST, client.connection_pool.connection_kwargs["port"]
+    port = client.connection_pool.connection_kwargs["port"]
     channel = REF_CHANNEL.encode()
     subscribe = b"*2\r\n$9\r\nSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(channel), channel)
     fan = FanOut(REF_ID, b"$9\r\nsubscribe\r\n")
@@ -640,7 +640,6 @@ def redis_reference(redis_url: str, count: int, args: argparse.Namespace) -> Del
             return ref_id, t0
 
         measure_fanout(fan, run, make_event, args.warmup, args.gap, args.timeout)
-        del host
         return run
     finally:
         fan.close()
@@ -1045,7 +1044,6 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
                 proc.join(5)
 
         cleanup.add("stop contender processes", stop_children)
-        tutors = world.tutors(args.contenders, world.pool_id, capacity=10**6)
         for attempt in range(1, args.runs + 1):
             course_id, pool_id = world.course(f"claims-{attempt}")
             contenders = world.tutors(args.contenders, pool_id, capacity=10**6)
@@ -1068,7 +1066,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
                 f"database: {c['db_check']}"
             )
             ref_ids = prepare_bare_table(database_url, args.claim_requests)
-            brun = run_claims("bare", database_url, redis_url, tutors, ref_ids, args, children)
+            brun = run_claims("bare", database_url, redis_url, contenders, ref_ids, args, children)
             results.bare.append(brun)
             b = brun.summary()
             log(
@@ -1112,11 +1110,23 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             f" | {p99 / r99 if r99 else float('nan'):5.1f}x | "
             + ("-" if target is None else f"p99 <= {target:g} ms: {'met' if met else 'MISSED'}")
         )
+        first = median([median(r.firsts) * 1000 for r in runs])
+        spread = median([median(r.spreads) * 1000 for r in runs])
+        rfirst = median([median(r.firsts) * 1000 for r in refs])
+        rspread = median([median(r.spreads) * 1000 for r in refs])
+        print(
+            f"  {'':>10}   per event, p50: commit -> first stream {first:.1f} ms, first -> last "
+            f"stream {spread:.1f} ms (Redis: {rfirst:.1f} / {rspread:.1f} ms)"
+        )
         delivery[str(size)] = {
             "p50_ms": round(p50, 2),
             "p99_ms": round(p99, 2),
             "reference_p50_ms": round(r50, 2),
             "reference_p99_ms": round(r99, 2),
+            "first_stream_p50_ms": round(first, 2),
+            "first_to_last_p50_ms": round(spread, 2),
+            "reference_first_p50_ms": round(rfirst, 2),
+            "reference_first_to_last_p50_ms": round(rspread, 2),
             "target_p99_ms": target,
             "met": met,
             "runs": [r.summary() for r in runs],
