@@ -61,7 +61,7 @@ def test_fifty_concurrent_claims_have_exactly_one_winner(
         try:
             tutor = session.get(Tutor, tutor_id)
             assert tutor is not None
-            barrier.wait(timeout=30)
+            barrier.wait(timeout=90)
             ops.claim(session, request_id, tutor, {pool_id})
             session.commit()
             outcome = f"won:{tutor_id}"

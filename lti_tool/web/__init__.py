@@ -42,7 +42,7 @@ class DatabaseId(IntegerConverter):
 
 
 def init_web(app: Flask) -> None:
-    from . import activity, instructor, learner, lti, offers, pages, streams, tutor
+    from . import activity, detection, instructor, learner, lti, offers, pages, streams, tutor
 
     app.url_map.converters["int"] = DatabaseId  # before any blueprint adds its rules
     app.session_interface = IframeSessionInterface()
@@ -58,6 +58,7 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(learner.bp)
     app.register_blueprint(tutor.bp)
     app.register_blueprint(instructor.bp)
+    app.register_blueprint(detection.bp)  # the instructor's stuck detection and analytics
     app.register_blueprint(streams.bp)  # live updates: SSE and JSON polling
     app.register_blueprint(offers.bp)  # live detection's offers to the learner
     app.register_blueprint(activity.api)  # xAPI, ProgSnap2, SDK: Basic / Bearer auth
