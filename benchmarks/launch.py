@@ -577,6 +577,10 @@ def run_wrk(
         proc.kill()
         proc.communicate()
         raise RuntimeError("wrk did not finish in time") from None
+    except BaseException:  # Ctrl-C, SIGTERM, the time limit: wrk must not outlive the run
+        proc.kill()
+        proc.wait()
+        raise
     usage = _child_usage()
     line = next((x for x in stdout.decode().splitlines() if x.startswith("BENCH ")), None)
     if proc.returncode != 0 or line is None:
@@ -1432,6 +1436,8 @@ def main() -> int:
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # Started in the background by a non-interactive shell, SIGINT arrives ignored: handle it.
+    signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     signal.signal(signal.SIGALRM, interrupt)
