@@ -124,3 +124,50 @@ def test_event_ids_follow_commit_order(app: Flask, platform: TestPlatform) -> No
     with db.transaction() as session:
         kinds = [e.kind for e in session.scalars(select(HelpEvent).order_by(HelpEvent.id))]
     assert kinds == ["request.created", "request.claimed", "test.marker"]
+
+
+def test_one_tutor_claiming_two_requests_at_once_stays_within_capacity(
+    app: Flask, platform: TestPlatform
+) -> None:
+    """Capacity 1: two simultaneous claims of two different requests by the same tutor
+    leave exactly one held (the tutor's row is locked during the check)."""
+    db = app.extensions["lifeline"].db
+    first_id, tutor_ids, pool_id = _setup(app, platform, 1)
+    with db.transaction() as session:
+        course = session.scalars(select(Course)).one()
+        other = Person(platform_id=platform.platform_id, sub="learner-2", name="M")
+        session.add(other)
+        session.flush()
+        second, _ = ops.request_help(
+            session, learner=other, course=course, exercise_id=None, new=ops.NewRequest(QUESTION)
+        )
+        second_id = second.id
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def attempt(request_id: int) -> None:
+        session = db.sessionmaker()
+        try:
+            tutor = session.get(Tutor, tutor_ids[0])
+            assert tutor is not None
+            barrier.wait(timeout=30)
+            ops.claim(session, request_id, tutor, {pool_id})
+            session.commit()
+            outcomes.append("won")
+        except ops.HelpError as exc:
+            session.rollback()
+            outcomes.append(f"lost:{exc.status}")
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=attempt, args=(r,)) for r in (first_id, second_id)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["lost:409", "won"]
+    with db.transaction() as session:
+        held = session.scalars(
+            select(HelpRequest).where(HelpRequest.status == HelpStatus.CLAIMED.value)
+        ).all()
+        assert len(held) == 1

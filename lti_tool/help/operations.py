@@ -337,6 +337,9 @@ def claim(
     expected_version: int | None = None,
 ) -> HelpRequest:
     request = _tutor_request(session, request_id, pool_ids)
+    # Lock the tutor's row until commit: two claims by one tutor at the same moment are taken
+    # one after the other, so the capacity check below cannot be raced past.
+    session.execute(select(Tutor.id).where(Tutor.id == tutor.id).with_for_update())
     if request.tutor_id != tutor.id and active_sessions(session, tutor.id) >= tutor.capacity:
         raise HelpError(
             409,
