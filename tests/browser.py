@@ -12,12 +12,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Browser, Page, Playwright, Request, Response
+from playwright.sync_api import Browser, FrameLocator, Page, Playwright, Request, Response
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -121,3 +122,19 @@ class Traffic:
                 raise AssertionError(
                     f"{wanted} not seen (in order) among the browser's requests: {self.requests}"
                 ) from None
+
+
+def open_tool_as(page: Page, base: str, user: str, exercise: str = "ex1") -> FrameLocator:
+    """Open the demo LMS as ``user`` and launch Lifeline on ``exercise``; the tool's frame."""
+    page.goto(base + "/demo/")
+    page.get_by_test_id("demo-user").select_option(user)
+    page.get_by_test_id(f"launch-{exercise}").click()
+    return page.frame_locator("iframe[name=tool]")
+
+
+def running_demo(workdir: Path) -> Iterator[DemoServer]:
+    """For a module-scoped fixture: ``lifeline demo`` running in ``workdir``."""
+    server = DemoServer(workdir)
+    server.start()
+    yield server
+    server.stop()

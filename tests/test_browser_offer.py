@@ -9,26 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import FrameLocator, Page, expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
-from tests.browser import DemoServer, launch_chromium
+from tests.browser import DemoServer, launch_chromium, open_tool_as, running_demo
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    server = DemoServer(tmp_path_factory.mktemp("offer-demo"))
-    server.start()
-    yield server
-    server.stop()
-
-
-def _open_as(page: Page, base: str, user: str, exercise: str = "ex1") -> FrameLocator:
-    page.goto(base + "/demo/")
-    page.get_by_test_id("demo-user").select_option(user)
-    page.get_by_test_id(f"launch-{exercise}").click()
-    return page.frame_locator("iframe[name=tool]")
+    yield from running_demo(tmp_path_factory.mktemp("offer-demo"))
 
 
 def test_failing_submissions_bring_an_offer_live_and_accepting_opens_a_request(
@@ -41,14 +31,14 @@ def test_failing_submissions_bring_an_offer_live_and_accepting_opens_a_request(
             learner_page = browser.new_context().new_page()
 
             # A tutor is available, so the course has capacity for an offer.
-            tutor = _open_as(tutor_page, demo.base, "tutor")
+            tutor = open_tool_as(tutor_page, demo.base, "tutor")
             tutor.get_by_test_id("open-dashboard-here").click()
             tutor.get_by_test_id("availability-select").select_option("available")
             with tutor_page.expect_response(lambda r: r.url.endswith("/tutor/")):
                 tutor.get_by_test_id("availability-save").click()
             expect(tutor.get_by_test_id("queue-empty")).to_be_visible()
 
-            learner = _open_as(learner_page, demo.base, "learner")
+            learner = open_tool_as(learner_page, demo.base, "learner")
             expect(learner.get_by_test_id("learner-home")).to_be_visible()
             offer = learner.get_by_test_id("offer")
             expect(offer).to_be_hidden()

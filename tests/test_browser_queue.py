@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import FrameLocator, Page, expect, sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
-from tests.browser import DemoServer, launch_chromium
+from tests.browser import DemoServer, launch_chromium, open_tool_as, running_demo
 
 pytestmark = pytest.mark.browser
 QUESTION = "My FizzBuzz prints Fizz for 15 instead of FizzBuzz; the check order looks right."
@@ -19,17 +19,7 @@ QUESTION = "My FizzBuzz prints Fizz for 15 instead of FizzBuzz; the check order 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    server = DemoServer(tmp_path_factory.mktemp("queue-demo"))
-    server.start()
-    yield server
-    server.stop()
-
-
-def _open_as(page: Page, base: str, user: str, exercise: str = "ex1") -> FrameLocator:
-    page.goto(base + "/demo/")
-    page.get_by_test_id("demo-user").select_option(user)
-    page.get_by_test_id(f"launch-{exercise}").click()
-    return page.frame_locator("iframe[name=tool]")
+    yield from running_demo(tmp_path_factory.mktemp("queue-demo"))
 
 
 def test_learner_asks_tutor_sees_it_live_claims_and_they_chat(
@@ -46,7 +36,7 @@ def test_learner_asks_tutor_sees_it_live_claims_and_they_chat(
                 lambda r: dashboard_loads.append(r.url) if r.url.endswith("/tutor/") else None,
             )
 
-            tutor = _open_as(tutor_page, demo.base, "tutor")
+            tutor = open_tool_as(tutor_page, demo.base, "tutor")
             expect(tutor.get_by_test_id("tutor-home")).to_be_visible()
             tutor.get_by_test_id("open-dashboard-here").click()
             expect(tutor.get_by_test_id("tutor-dashboard")).to_be_visible()
@@ -57,7 +47,7 @@ def test_learner_asks_tutor_sees_it_live_claims_and_they_chat(
             expect(tutor.locator("body[data-live=stream]")).to_have_count(1, timeout=10_000)
             loads_before = len(dashboard_loads)
 
-            learner = _open_as(learner_page, demo.base, "learner")
+            learner = open_tool_as(learner_page, demo.base, "learner")
             learner.get_by_test_id("get-tutor").click()
             learner.get_by_test_id("help-question").fill(QUESTION)
             learner.get_by_test_id("help-submit").click()
