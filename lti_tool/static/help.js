@@ -4,47 +4,21 @@
   "use strict";
   const csrf = () => (document.querySelector("meta[name=csrf-token]") || {}).content || "";
 
-  // Follow an event stream. The browser resends Last-Event-ID on reconnect; if the stream
-  // keeps failing we poll the JSON twin of the endpoint instead.
+  // Follow an event stream through live.js (reconnects with Last-Event-ID, falls back to
+  // polling); the page's <body data-live> says which of the two is in use.
+  const OFFER_KINDS = ["offer.created", "offer.accepted", "offer.declined", "offer.escalated",
+    "offer.expired"];
   function follow(streamUrl, pollUrl, lastId, onEvent) {
-    let last = Number(lastId) || 0;
-    let failures = 0;
-    let polling = null;
-    const deliver = (id, kind, data) => {
-      if (id && id <= last) return;
-      if (id) last = id;
-      onEvent(kind, data);
-    };
-    function poll() {
-      fetch(pollUrl + (pollUrl.includes("?") ? "&" : "?") + "after=" + last, {credentials: "same-origin"})
-        .then((r) => (r.ok ? r.json() : {events: []}))
-        .then((body) => (body.events || []).forEach((e) => deliver(e.id, e.kind, e)))
-        .catch(() => {});
-    }
-    function connect() {
-      if (!window.EventSource) { polling = setInterval(poll, 4000); return; }
-      const url = streamUrl + (streamUrl.includes("?") ? "&" : "?") + "last_event_id=" + last;
-      const source = new EventSource(url, {withCredentials: true});
-      source.onmessage = (m) => deliver(Number(m.lastEventId), "message", JSON.parse(m.data));
-      source.addEventListener("open", () => { failures = 0; document.body.dataset.live = "stream"; });
-      const kinds = ["request.created", "request.claimed", "request.released", "request.transferred",
-        "request.resolved", "request.cancelled", "request.away", "request.back", "request.no_show",
-        "request.expired", "request.rated", "request.meeting", "chat.message", "queue.changed", "resync",
-        "offer.created", "offer.accepted", "offer.declined", "offer.escalated", "offer.expired"];
-      kinds.forEach((kind) => source.addEventListener(kind, (m) => {
-        deliver(Number(m.lastEventId), kind, m.data ? JSON.parse(m.data) : {});
-      }));
-      source.onerror = () => {
-        failures += 1;
-        if (failures >= 5 && !polling) {
-          source.close();
-          document.body.dataset.live = "polling";
-          polling = setInterval(poll, 4000);
-        }
-      };
-    }
-    connect();
-    return {last: () => last};
+    const live = window.LifelineLive.connect({
+      streamUrl, pollUrl, lastEventId: Number(lastId) || 0, kinds: OFFER_KINDS,
+      onEvent: (kind, data) => onEvent(kind, data),
+      onResync: () => window.location.reload(),
+      onState: (state) => {
+        if (state === "live") document.body.dataset.live = "stream";
+        else if (state === "polling") document.body.dataset.live = "polling";
+      },
+    });
+    return {last: () => live.lastEventId()};
   }
 
   function post(url, data) {
