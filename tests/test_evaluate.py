@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from lti_tool.cli import main
-from lti_tool.detection.evaluate import evaluate
+from lti_tool.detection.evaluate import evaluate, replay
 from lti_tool.detection.progsnap2 import ProgSnap2Error, read_progsnap2, syntax_error
+from lti_tool.detection.rules import default_rules
 
 
 def _find_itap() -> Path:
@@ -244,5 +245,30 @@ def test_itap_meets_the_targets() -> None:
     assert ours["recall"] >= 0.55
     assert score["folds"] == 10 and score["grouped_by"] == "learner"
     assert score["auc_decision_points_before_first_hint"] >= 0.75
-    assert score["auc_at_first_failure"] > 0.645  # the published logistic baseline
+    # the learned score read once, after the first failed submission (the published
+    # baseline's point: 0.645): pooled, per fold, and over several fold shuffles
+    assert score["auc_at_first_failure"] >= 0.75
+    assert score["auc_at_first_failure_folds"]["n"] == 10
+    assert score["auc_at_first_failure_folds"]["mean"] >= 0.75
+    assert score["auc_at_first_failure_repeats"]["mean"] >= 0.75
+    # the baseline's own features (difficulty, learner history, code length) in our harness
+    base_features = score["baseline_features"]
+    assert base_features["features"] == [
+        "exercise_struggle_rate",
+        "learner_prior_struggle_rate",
+        "log_code_length",
+    ]
+    assert 0.645 < base_features["auc_at_first_failure"] < score["auc_at_first_failure"] - 0.03
     assert elapsed < 30
+
+
+def test_itap_rows_use_no_later_event() -> None:
+    """On the real data: replaying the first half gives exactly the feature rows (and first
+    failures) the full replay had by then."""
+    events = read_progsnap2(ITAP).events
+    full = replay(events, default_rules())
+    half = replay(events[: len(events) // 2], default_rules())
+    assert half.rows and half.rows == full.rows[: len(half.rows)]
+    for key, seq in half.sequences.items():
+        if seq.first_failure_row is not None:
+            assert full.sequences[key].first_failure_row == seq.first_failure_row

@@ -32,13 +32,14 @@ import numpy as np
 from ..activity.model import ActivityEvent, ActivityKind
 from .engine import Decision, Engine
 from .rules import DEFAULT_RULES, RuleBook, baseline_rules, default_rules
-from .score import LogisticModel, roc_auc, threshold_for_budget
+from .score import BASELINE_FEATURES, FEATURES, LogisticModel, roc_auc, threshold_for_budget
 from .state import ATTEMPT_KINDS, StateSettings
 
 COURSE = "replay"
 FOLDS = 10
-L2 = 10.0
+L2 = 10.0  # an inner grouped CV on the training log-likelihood picks 10 from 1..100 on ITAP
 SEED = 20190101
+REPEATS = 5  # fold shuffles (SEED, SEED + 1, ...) over which the AUC is also averaged
 RESCORE_QUIET = 10 * 60.0  # seconds of silence after a failure at which the score is re-read
 
 
@@ -215,16 +216,28 @@ def learner_folds(learners: Iterable[str], folds: int = FOLDS, seed: int = SEED)
 
 @dataclass
 class ScoreResult:
-    auc_first_failure: float  # scored once, at the first failed attempt
+    auc_first_failure: float  # scored once, at the first failed attempt (all folds pooled)
     n_first_failure: int
+    fold_auc_first_failure: list[float]  # the same, within each fold (NaN: one class only)
     auc_decision_points: float  # max over every decision point before the first hint ...
     n_decision_points: int  # ... of the sequences with a failed attempt before it
     auc_max_before_hint: float  # the same max, over every sequence with an attempt
     n_max_before_hint: int
     brier_first_failure: float
     folds: int
+    names: tuple[str, ...]
     oof: np.ndarray  # out-of-fold score per feature row
     model: LogisticModel  # fitted on everything (what `lifeline evaluate --model` saves)
+
+    @property
+    def fold_mean(self) -> float:
+        values = [v for v in self.fold_auc_first_failure if math.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    @property
+    def fold_std(self) -> float:
+        values = [v for v in self.fold_auc_first_failure if math.isfinite(v)]
+        return float(np.std(values)) if values else float("nan")
 
 
 def _training_set(
@@ -246,29 +259,65 @@ def _training_set(
     return idx, labels, weights
 
 
-def cross_validate(
-    result: Replay, *, folds: int = FOLDS, l2: float = L2, seed: int = SEED
-) -> ScoreResult:
-    """Grouped-by-learner CV of the learned score; every row gets an out-of-fold score."""
-    x = np.asarray(result.rows, dtype=float)
-    fold_of = learner_folds(result.row_learner, folds, seed)
-    row_fold = np.asarray([fold_of[learner] for learner in result.row_learner])
+def _matrix(result: Replay, names: Sequence[str]) -> np.ndarray:
+    """The feature rows as an array, restricted to the columns ``names``."""
+    columns = [FEATURES.index(n) for n in names]
+    x = np.asarray(result.rows, dtype=float).reshape(len(result.rows), len(FEATURES))
+    return x[:, columns]
+
+
+def _out_of_fold(
+    result: Replay,
+    x: np.ndarray,
+    fold_of: dict[str, int],
+    folds: int,
+    l2: float,
+    names: Sequence[str],
+) -> np.ndarray:
+    """Every row scored by the model fitted on the other folds' learners only."""
+    idx, labels, weights = _training_set(result, sorted(result.sequences))
+    idx_a = np.asarray(idx, dtype=int)
+    labels_a = np.asarray(labels, dtype=float)
+    weights_a = np.asarray(weights, dtype=float)
+    train_fold = np.asarray([fold_of[result.row_learner[r]] for r in idx], dtype=int)
+    row_fold = np.asarray([fold_of[learner] for learner in result.row_learner], dtype=int)
     oof = np.full(len(result.rows), np.nan)
-    keys = sorted(result.sequences)
     for fold in range(folds):
-        train_keys = [k for k in keys if fold_of.get(k[0], -1) != fold]
-        idx, labels, weights = _training_set(result, train_keys)
+        train = train_fold != fold
         test = np.flatnonzero(row_fold == fold)
-        if idx and test.size:
-            model = LogisticModel.fit(x[idx], labels, l2=l2, weights=weights)
+        if train.any() and test.size:
+            model = LogisticModel.fit(
+                x[idx_a[train]], labels_a[train], l2=l2, weights=weights_a[train], names=names
+            )
             oof[test] = model.predict_many(x[test])
-    idx, labels, weights = _training_set(result, keys)
+    return oof
+
+
+def cross_validate(
+    result: Replay,
+    *,
+    folds: int = FOLDS,
+    l2: float = L2,
+    seed: int = SEED,
+    names: Sequence[str] = FEATURES,
+) -> ScoreResult:
+    """Grouped-by-learner CV of the learned score; every row gets an out-of-fold score.
+
+    The learners are dealt into folds; the model of a fold is fitted on the rows of the other
+    folds' learners only, so no row of a learner ever trains the model that scores them.
+    ``names`` picks a subset of ``FEATURES`` (e.g. ``BASELINE_FEATURES``) for comparisons.
+    """
+    x = _matrix(result, names)
+    fold_of = learner_folds(result.row_learner, folds, seed)
+    oof = _out_of_fold(result, x, fold_of, folds, l2, names)
+    idx, labels, weights = _training_set(result, sorted(result.sequences))
     if not idx:
         raise ValueError("no attempts before a hint to learn the score from")
-    full = LogisticModel.fit(x[idx], labels, l2=l2, weights=weights)
+    full = LogisticModel.fit(x[idx], labels, l2=l2, weights=weights, names=names)
 
     first_y: list[int] = []
     first_s: list[float] = []
+    first_fold: list[int] = []
     failed_s: list[float] = []
     max_y: list[int] = []
     max_s: list[float] = []
@@ -276,6 +325,7 @@ def cross_validate(
         if seq.first_failure_row is not None:
             first_y.append(int(seq.label))
             first_s.append(float(oof[seq.first_failure_row]))
+            first_fold.append(fold_of[seq.learner])
             failed_s.append(float(np.max(oof[seq.rows])))
         if seq.rows:
             max_y.append(int(seq.label))
@@ -285,18 +335,52 @@ def cross_validate(
         if first_y
         else float("nan")
     )
+    per_fold = [
+        _auc(
+            [y for y, f in zip(first_y, first_fold, strict=True) if f == fold],
+            [v for v, f in zip(first_s, first_fold, strict=True) if f == fold],
+        )
+        for fold in range(folds)
+    ]
     return ScoreResult(
         auc_first_failure=_auc(first_y, first_s),
         n_first_failure=len(first_y),
+        fold_auc_first_failure=per_fold,
         auc_decision_points=_auc(first_y, failed_s),
         n_decision_points=len(first_y),
         auc_max_before_hint=_auc(max_y, max_s),
         n_max_before_hint=len(max_y),
         brier_first_failure=brier,
         folds=folds,
+        names=tuple(names),
         oof=oof,
         model=full,
     )
+
+
+def repeated_auc(
+    result: Replay,
+    *,
+    repeats: int = REPEATS,
+    seed: int = SEED,
+    names: Sequence[str] = FEATURES,
+) -> list[float]:
+    """Pooled out-of-fold ROC-AUC at the first failed attempt for ``repeats`` fold shuffles.
+
+    Which learners share a fold moves the pooled AUC (on ITAP by about +-0.005, a range of
+    0.015 over 30 shuffles); the spread over shuffles says how much of a difference between two
+    feature sets is only the split. ``evaluate`` reports SEED .. SEED + REPEATS - 1.
+    """
+    x = _matrix(result, names)
+    seqs = [s for s in result.ordered() if s.first_failure_row is not None]
+    labels = [int(s.label) for s in seqs]
+    rows = [s.first_failure_row for s in seqs]
+    out: list[float] = []
+    for i in range(repeats):
+        fold_of = learner_folds(result.row_learner, FOLDS, seed + i)
+        oof = _out_of_fold(result, x, fold_of, FOLDS, L2, names)
+        out.append(_auc(labels, [float(oof[r]) for r in rows if r is not None]))
+    return out
 
 
 def _auc(labels: list[int], scores: list[float]) -> float:
@@ -390,6 +474,8 @@ def evaluate(
     ours = replay(events, book)
     base = replay(events, baseline_rules(), collect_features=False)
     scores = cross_validate(ours)
+    baseline_scores = cross_validate(ours, names=BASELINE_FEATURES)
+    repeats = [scores.auc_first_failure, *repeated_auc(ours, repeats=REPEATS - 1, seed=SEED + 1)]
     hours = 0.0
     if ours.first_at is not None and ours.last_at is not None:
         hours = (ours.last_at - ours.first_at).total_seconds() / 3600.0
@@ -418,8 +504,16 @@ def evaluate(
         "score": {
             "folds": scores.folds,
             "grouped_by": "learner",
+            "features": len(scores.names),
             "auc_at_first_failure": round(scores.auc_first_failure, 4),
+            "auc_at_first_failure_folds": _spread(scores.fold_auc_first_failure),
+            "auc_at_first_failure_repeats": _spread(repeats),
             "sequences_with_a_failure_before_hint": scores.n_first_failure,
+            "baseline_features": {
+                "features": list(BASELINE_FEATURES),
+                "auc_at_first_failure": round(baseline_scores.auc_first_failure, 4),
+                "auc_at_first_failure_folds": _spread(baseline_scores.fold_auc_first_failure),
+            },
             "auc_decision_points_before_first_hint": round(scores.auc_decision_points, 4),
             "auc_max_before_first_hint": round(scores.auc_max_before_hint, 4),
             "sequences_with_an_attempt_before_hint": scores.n_max_before_hint,
@@ -444,6 +538,29 @@ def evaluate(
     return report
 
 
+def _spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, standard deviation, min and max of finite values (per fold or per repeat)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {
+        "n": len(finite),
+        "mean": round(float(np.mean(finite)), 4),
+        "std": round(float(np.std(finite)), 4),
+        "min": round(min(finite), 4),
+        "max": round(max(finite), 4),
+    }
+
+
+def _fmt(spread: dict[str, Any]) -> str:
+    if not spread["n"]:
+        return "n/a"
+    return (
+        f"{spread['mean']:.3f} +- {spread['std']:.3f}"
+        f" (min {spread['min']:.3f}, max {spread['max']:.3f})"
+    )
+
+
 def _active_hours(events: Sequence[ActivityEvent]) -> float:
     """Clock hours in which at least one event happened (the course's busy time)."""
     return float(len({e.at.replace(minute=0, second=0, microsecond=0) for e in events}))
@@ -451,6 +568,7 @@ def _active_hours(events: Sequence[ActivityEvent]) -> float:
 
 def format_report(report: dict[str, Any]) -> str:
     b, o, s = report["baseline"], report["ours"], report["score"]
+    bf = s["baseline_features"]
     lines = [
         f"{report['events']} events, {report['sequences']} sequences (learner x problem),"
         f" {report['learners']} learners; struggle base rate {report['base_rate']:.3f}",
@@ -465,9 +583,15 @@ def format_report(report: dict[str, Any]) -> str:
         "  first flag by rule: "
         + ", ".join(f"{k} {v}" for k, v in sorted(o["first_flag_by_rule"].items())),
         "",
-        f"learned score, {s['folds']}-fold CV grouped by learner:",
-        f"  ROC-AUC at the first failed attempt: {s['auc_at_first_failure']:.3f}"
+        f"learned score ({s['features']} features), {s['folds']}-fold CV grouped by learner:",
+        f"  ROC-AUC at the first failed attempt: {s['auc_at_first_failure']:.3f} pooled"
         f" ({s['sequences_with_a_failure_before_hint']} sequences; published baseline 0.645)",
+        f"    per fold: {_fmt(s['auc_at_first_failure_folds'])}",
+        f"    pooled, over {s['auc_at_first_failure_repeats']['n']} fold shuffles:"
+        f" {_fmt(s['auc_at_first_failure_repeats'])}",
+        f"  the baseline's features alone ({', '.join(bf['features'])}), same harness:"
+        f" {bf['auc_at_first_failure']:.3f} pooled",
+        f"    per fold: {_fmt(bf['auc_at_first_failure_folds'])}",
         "  ROC-AUC of the max score over the decision points before the first hint (every"
         " attempt, and 10 quiet minutes after a failed one):",
         f"    sequences with a failed attempt: {s['auc_decision_points_before_first_hint']:.3f}"

@@ -5,6 +5,16 @@
 (numpy, no other library); ``predict`` is plain Python so scoring one event costs microseconds.
 The model serialises to JSON (names, means, scales, coefficients, the alert threshold).
 
+Every feature is read from state the engine built from events already processed (the
+learner's own counters, their history on earlier exercises, and the peers' statistics of the
+exercise, which only grow when a peer's event arrives), so a score never depends on a later
+event; ``tests/test_score.py`` checks this by changing the future of a replay. Features are
+relative or normalised where the scale differs between courses: rates shrunk towards the
+course-wide value, code length against the peers' working solutions (log ratio, its absolute
+value, and its rank among them), times against the peers' times. Features a source may lack
+(scores, runs, error types, code) stay constant there, so they cost nothing and are learned
+where a course has them.
+
 The alert threshold is not 0.5: ``threshold_for_budget`` picks the score above which the
 expected number of alerts fits the tutors' budget (alerts per tutor-hour) at the observed
 event rate.
@@ -63,6 +73,24 @@ FEATURES: tuple[str, ...] = (
     "log_code_length",
     "last_attempt_error",
     "log_idle_minutes",
+    # added in the second round (appended, so a model over the names above still applies):
+    "code_length_distance",
+    "code_length_rank",
+    "log_learner_solved",
+    "log_learner_struggled",
+    "log_learner_hinted",
+    "log_code_change",
+    "log_runs",
+    "best_score",
+    "has_score",
+)
+
+# The published baseline's inputs (problem difficulty, learner history, code length), scored in
+# the same harness as ours for a like-for-like comparison (``lifeline evaluate --report``).
+BASELINE_FEATURES: tuple[str, ...] = (
+    "exercise_struggle_rate",
+    "learner_prior_struggle_rate",
+    "log_code_length",
 )
 
 # Shrinkage of rates towards the course-wide value while there are few observations.
@@ -84,11 +112,16 @@ def features(
     fail_prior = course.failure_rate(0.6, 1.0)
     hint_prior = course.hint_rate(0.1, 1.0)
     after_fail_prior = course.struggle_after_failing_rate(0.4, 1.0)
-    solutions = exercise.sketch("solution_length")
-    if not solutions.n:
-        solutions = course.sketch("solution_length")
-    solution_length = (
-        solutions.percentile(50) if solutions.n else float(state.last_code_length or 0)
+    first_try_prior = course.first_try_rate(0.5, 1.0)
+    own_solutions = exercise.sketch("solution_length")
+    solutions = own_solutions if own_solutions.n else course.sketch("solution_length")
+    code_length = float(state.last_code_length or 0)
+    solution_length = solutions.percentile(50) if solutions.n else code_length
+    # where the code sits among this exercise's working solutions (0.5 while there are none)
+    code_rank = (
+        own_solutions.rank(code_length)
+        if own_solutions.n and state.last_code_length is not None
+        else 0.5
     )
     peer_failures = exercise.sketch("failures_before_solve")
     peer_time = exercise.sketch("seconds_to_solve")
@@ -101,6 +134,8 @@ def features(
     else:
         median_seconds = course.sketch("seconds_to_solve").percentile(50)
     idle = max(0.0, now - state.last_at) if state.last_at is not None else 0.0
+    own = 1 if state.struggle_counted else 0  # the current exercise is not "prior" history
+    length_gap = log(code_length) - log(solution_length)
     return [
         log(attempts),
         log(state.failures),
@@ -126,19 +161,28 @@ def features(
         learner.prior_struggle_rate(state, struggle_prior, PRIOR_WEIGHT),
         learner.prior_hint_rate(state, hint_prior, PRIOR_WEIGHT),
         exercise.hint_rate(hint_prior, PRIOR_WEIGHT),
-        log(state.last_code_length or 0) - log(solution_length),
+        length_gap,
         learner.recent_struggle if learner.recent_struggle >= 0 else struggle_prior,
         log(learner.session_exercises),
         log((now - learner.session_start) / 60.0) if learner.session_start is not None else 0.0,
-        exercise.first_try_rate(course.first_try_rate(0.5, 1.0), PRIOR_WEIGHT),
+        exercise.first_try_rate(first_try_prior, PRIOR_WEIGHT),
         exercise.struggle_after_failing_rate(after_fail_prior, PRIOR_WEIGHT),
         learner.prior_struggle_after_failing(state, after_fail_prior, PRIOR_WEIGHT),
         learner.failure_rate(fail_prior, PRIOR_WEIGHT),
-        learner.first_try_rate(solve_prior, PRIOR_WEIGHT),
+        learner.first_try_rate(first_try_prior, PRIOR_WEIGHT),
         log(max(learner.started - 1, 0)),
-        log(state.last_code_length or 0),
+        log(code_length),
         1.0 if state.prev_attempt_error is not None else 0.0,
         log(idle / 60.0),
+        abs(length_gap),
+        code_rank,
+        log(max(learner.solved - (1 if state.solved else 0), 0)),
+        log(max(learner.struggled - own, 0)),
+        log(max(learner.hinted - (1 if state.hints else 0), 0)),
+        log(state.last_code_change or 0),
+        log(max(state.attempts - state.submits, 0)),
+        state.best_score if state.best_score is not None else 0.0,
+        1.0 if state.best_score is not None else 0.0,
     ]
 
 
@@ -210,8 +254,27 @@ class LogisticModel:
             l2=l2,
         )
 
+    def _columns(self, width: int) -> list[int] | None:
+        """Where the model's features sit in a vector of ``width`` values: None when the vector
+        is already in the model's order, else their positions in ``FEATURES`` (a model fitted
+        on a subset, or saved before features were appended, still applies to ``features()``)."""
+        if width == len(self.names):
+            return None
+        if width == len(FEATURES):
+            try:
+                return [FEATURES.index(n) for n in self.names]
+            except ValueError:
+                pass
+        raise ValueError(
+            f"the model expects {len(self.names)} features ({', '.join(self.names[:3])}, ...),"
+            f" not a vector of {width}"
+        )
+
     def predict(self, x: Sequence[float]) -> float:
         """P(stuck) for one feature vector (plain Python: a few microseconds)."""
+        columns = self._columns(len(x))
+        if columns is not None:
+            x = [x[i] for i in columns]
         z = self.intercept
         for value, m, s, c in zip(x, self.mean, self.scale, self.coef, strict=True):
             z += c * (value - m) / s
@@ -219,6 +282,10 @@ class LogisticModel:
 
     def predict_many(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         xa = np.asarray(x, dtype=float)
+        if xa.ndim == 2:
+            columns = self._columns(xa.shape[1])
+            if columns is not None:
+                xa = xa[:, columns]
         z = self.intercept + ((xa - np.asarray(self.mean)) / np.asarray(self.scale)) @ np.asarray(
             self.coef
         )

@@ -149,6 +149,7 @@ class ExerciseState(_Flat):
     best_score: float | None = None
     ref_code_length: int | None = None  # code length at the last progress
     last_code_length: int | None = None
+    last_code_change: int | None = None  # |change in code length| at the last attempt
     last_progress_at: float | None = None
     attempts_since_progress: int = 0
     active_since_progress: float = 0.0  # seconds
@@ -283,6 +284,8 @@ class ExerciseState(_Flat):
             )
             first_code = length is not None and self.ref_code_length is None
             progress = fixed_error or edited or first_code
+        if length is not None and self.last_code_length is not None:
+            self.last_code_change = abs(length - self.last_code_length)
         self.last_code_length = length if length is not None else self.last_code_length
         if progress:
             self.last_progress_at = at
