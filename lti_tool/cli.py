@@ -1,4 +1,4 @@
-"""The ``lifeline`` command: serve, worker, demo, db, platform, keys."""
+"""The ``lifeline`` command: serve, worker, demo, db, platform, admin, keys."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from . import create_app
 from .config import ConfigError, Settings, demo_settings, settings_from_env
 from .db import Database
 from .lti import keys as tool_keys
+from .lti.platform_config import LMS_NAMES as PLATFORM_LMS_NAMES
 from .lti.registry import (
     RegistrationError,
     add_deployment,
@@ -251,6 +252,10 @@ def demo(host: str, port: int) -> None:
 
     # Inline jobs schedule nothing ahead: this thread expires and escalates requests instead.
     start_sweeper(app.extensions[EXTENSION].jobs)
+    if settings.ingest_mode == "stream":  # activity accepted into the stream is stored here
+        from .activity.pipeline import start_thread
+
+        start_thread(app.extensions[EXTENSION].db, app.extensions[EXTENSION].redis)
     click.echo(
         f"\n  Lifeline demo running.\n"
         f"  Demo LMS (launch as learner, instructor or tutor): {settings.base_url}/demo/\n"
@@ -285,13 +290,19 @@ def platform() -> None:
     "--deployment-id",
     "deployment_ids",
     multiple=True,
-    required=True,
-    help="A deployment id of Lifeline in this platform; repeat for several.",
+    help="A deployment id of Lifeline in this platform; repeat for several (required unless "
+    "--accept-new-deployments).",
 )
 @click.option(
     "--token-audience",
     default=None,
     help="Audience for token requests, if not the token URL (Brightspace).",
+)
+@click.option(
+    "--accept-new-deployments",
+    is_flag=True,
+    help="Record a deployment id Lifeline has not seen on its first launch instead of refusing "
+    "it (for an LMS whose admins install the tool in many places).",
 )
 def platform_add(
     name: str,
@@ -302,7 +313,13 @@ def platform_add(
     keyset_url: str,
     deployment_ids: tuple[str, ...],
     token_audience: str | None,
+    accept_new_deployments: bool,
 ) -> None:
+    if not deployment_ids and not accept_new_deployments:
+        raise click.UsageError(
+            "Name at least one --deployment-id, or pass --accept-new-deployments to record "
+            "deployments on their first launch."
+        )
     database = _database()
     try:
         # Name the flag, not the field, in the message an admin sees.
@@ -323,6 +340,7 @@ def platform_add(
                 keyset_url=keyset_url,
                 deployment_ids=deployment_ids,
                 token_audience=token_audience,
+                accept_new_deployments=accept_new_deployments,
             )
             click.echo(f"Registered platform #{added.id} {added.name!r} ({issuer}, {client_id}).")
     except RegistrationError as exc:
@@ -382,6 +400,105 @@ def platform_list(as_json: bool) -> None:
         )
 
 
+@platform.command(
+    "config",
+    help="Print what to paste into LMS (canvas, moodle, brightspace, blackboard, openedx, "
+    "sakai, schoology) to install Lifeline by hand, with the fields named as that LMS names "
+    "them, ending with the `lifeline platform add` command to run afterwards. "
+    "Guides: docs/platforms/.",
+)
+@click.argument("lms", metavar="LMS", type=click.Choice(PLATFORM_LMS_NAMES, case_sensitive=False))
+@click.option(
+    "--base-url",
+    default=None,
+    help="Lifeline's public https address (default: LIFELINE_BASE_URL).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: the machine-readable configuration (for canvas, the developer key JSON alone).",
+)
+def platform_config(lms: str, base_url: str | None, output_format: str) -> None:
+    from .lti.platform_config import BaseUrlError, build, check_base_url
+
+    source = "'--base-url'"
+    if base_url is None:
+        base_url = os.environ.get("LIFELINE_BASE_URL", "").strip() or None
+        source = "LIFELINE_BASE_URL"
+    if base_url is None:
+        raise click.UsageError(
+            "Lifeline's public address is not known: pass --base-url "
+            "https://lifeline.example.edu, or set LIFELINE_BASE_URL."
+        )
+    try:
+        urls = check_base_url(base_url)
+    except BaseUrlError as exc:
+        raise click.BadParameter(str(exc), param_hint=source) from None
+    config = build(lms, urls)
+    if output_format == "json":
+        click.echo(json.dumps(config.document(), indent=2))
+    else:
+        click.echo(config.text(), nl=False)
+
+
+# -- admin ---------------------------------------------------------------------------------
+
+
+@main.group(help="Lifeline's administrators (they sign in at /admin).")
+def admin() -> None:
+    pass
+
+
+@admin.command("add", help="Create an administrator account; asks for the password.")
+@click.argument("email")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input (for scripts).",
+)
+def admin_add(email: str, password_stdin: bool) -> None:
+    from .admin.accounts import AdminError, check_email, check_password, create_admin
+
+    try:
+        email = check_email(email)
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = click.prompt(
+                f"Password for {email}", hide_input=True, confirmation_prompt=True
+            )
+        check_password(password)
+        with _database().transaction() as session:
+            account = create_admin(session, email, password)
+            click.echo(f"Admin #{account.id} {account.email} can now log in at /admin/login.")
+    except AdminError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@admin.command("list", help="List administrator accounts (never their passwords).")
+def admin_list() -> None:
+    from .admin.accounts import list_admins
+    from .db import utcnow
+
+    now = utcnow()
+    with _database().transaction() as session:
+        accounts = list_admins(session)
+        if not accounts:
+            click.echo("No administrators. Add one with `lifeline admin add EMAIL`.")
+            return
+        for account in accounts:
+            last = account.last_login_at.isoformat() if account.last_login_at else "never"
+            locked = (
+                f"  locked until {account.locked_until.isoformat()}"
+                if account.locked_until and account.locked_until > now
+                else ""
+            )
+            click.echo(f"#{account.id} {account.email}  last login {last}{locked}")
+
+
 # -- keys ----------------------------------------------------------------------------------
 
 
@@ -424,7 +541,10 @@ def keys_list() -> None:
 # -- activity ------------------------------------------------------------------------------
 
 
-@main.group(help="Exercise activity: ProgSnap2 imports, re-processing unmapped events.")
+@main.group(
+    help="Exercise activity: ProgSnap2 imports, re-processing unmapped events, the ingestion "
+    "stream's consumer and its dead letters."
+)
 def activity() -> None:
     pass
 
@@ -448,6 +568,81 @@ def activity_import_progsnap2(main_table: Path, course_id: int, code_states: Pat
     click.echo(f"Read {summary.rows} rows into course #{course_id}: {counts or 'nothing'}.")
     for problem in summary.problems:
         click.echo(f"    {problem}")
+
+
+@activity.command(
+    "consume",
+    help="Store and evaluate the activity accepted into the ingestion stream (`lifeline "
+    "worker` runs one; more stand by while one is active).",
+)
+@click.option("--parent-pid", type=int, default=None, hidden=True)
+def activity_consume(parent_pid: int | None) -> None:
+    from .activity.pipeline import run_process
+
+    run_process(_settings(), parent_pid)
+
+
+@activity.command(
+    "dead-letters",
+    help="Activity the worker could not store after its retries, with the error; --retry "
+    "puts entries back on the stream once the cause is fixed.",
+)
+@click.option("--retry", "retry_ids", multiple=True, type=int, help="A dead letter's id.")
+@click.option("--retry-all", is_flag=True, help="Put every dead letter back.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (with the entries).")
+def activity_dead_letters(retry_ids: tuple[int, ...], retry_all: bool, as_json: bool) -> None:
+    from .activity.pipeline import dead_letters, retry_dead_letters
+    from .jobs import ENQUEUE_SOCKET_TIMEOUT, make_job_redis
+
+    settings = _settings()
+    if retry_ids or retry_all:
+        if retry_ids and retry_all:
+            raise click.UsageError("Give --retry ID (one or more) or --retry-all, not both.")
+        client = make_job_redis(settings.redis_url, ENQUEUE_SOCKET_TIMEOUT * 5)
+        with _database().transaction() as session:
+            done = retry_dead_letters(session, client, None if retry_all else list(retry_ids))
+        for letter_id in done:
+            click.echo(f"Put dead letter #{letter_id} back on the ingestion stream.")
+        missing = sorted(set(retry_ids) - set(done))
+        if missing:
+            raise click.ClickException(
+                f"No dead letter {', '.join(f'#{i}' for i in missing)} "
+                "(see `lifeline activity dead-letters`)."
+            )
+        if not done:
+            click.echo("No dead letters to retry.")
+        return
+    with _database().transaction() as session:
+        rows = [
+            {
+                "id": r.id,
+                "stream_id": r.stream_id,
+                "course_id": r.course_id,
+                "source": r.source,
+                "items": r.items,
+                "tries": r.tries,
+                "reason": r.reason,
+                "created_at": r.created_at.isoformat(),
+                **({"payload": json.loads(r.payload)} if as_json else {}),
+            }
+            for r in dead_letters(session)
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No dead letters: everything accepted was stored.")
+        return
+    for row in rows:
+        click.echo(
+            f"#{row['id']}  entry {row['stream_id']}  course #{row['course_id']}  "
+            f"{row['source']}  {row['items']} item(s)  {row['tries']} tries  {row['created_at']}"
+        )
+        click.echo(f"    {row['reason']}")
+    click.echo(
+        f"{len(rows)} dead letter(s). Fix the cause, then `lifeline activity dead-letters "
+        "--retry ID` (or --retry-all)."
+    )
 
 
 @activity.command("reprocess", help="Map a course's unmapped events again (after mappings).")

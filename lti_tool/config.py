@@ -115,6 +115,18 @@ def _mail_from(value: str) -> str:
     return value
 
 
+INGEST_MODES = ("stream", "sync")
+
+
+def _ingest_mode(value: str) -> str:
+    if value.lower() not in INGEST_MODES:
+        raise ConfigError(
+            f"{PREFIX}INGEST_MODE={value!r} must be stream (accept into Redis, the worker "
+            "stores and evaluates) or sync (store and evaluate inside the request)."
+        )
+    return value.lower()
+
+
 def _base_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
@@ -137,6 +149,9 @@ class Settings:
     jobs_inline: bool = False
     # The built-in demo LMS (a real LTI 1.3 platform) is mounted only when asked for.
     demo_lms: bool = False
+    # Activity ingestion: "stream" accepts requests into a Redis stream that the worker stores
+    # and evaluates (activity/pipeline.py); "sync" stores and evaluates inside the request.
+    ingest_mode: str = "stream"
     # How many reverse proxies sit in front of us (X-Forwarded-* headers are trusted that deep).
     proxy_count: int = 0
     # Clock skew allowed on id_token exp / iat, in seconds.
@@ -151,6 +166,10 @@ class Settings:
     http_timeout: float = 5.0
     # Registrations are cached per process for this many seconds.
     registration_cache_seconds: int = 10
+    # LMS services: a course's roster (NRPS) is synced again after this many hours, fetching
+    # this many members per page (the platform may send fewer).
+    roster_sync_hours: int = 24
+    roster_page_size: int = 100
     instance_path: str = field(default_factory=lambda: str(Path.cwd() / "instance"))
     testing: bool = False
     # Outgoing email (tutor pages, learner alerts): smtp:// or smtps:// with credentials. Unset:
@@ -194,6 +213,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         base_url=_base_url(_required(env, "BASE_URL", "the public https address of Lifeline")),
         jobs_inline=_bool(env, "JOBS_INLINE", False),
         demo_lms=_bool(env, "DEMO_LMS", False),
+        ingest_mode=_ingest_mode(_get(env, "INGEST_MODE") or "stream"),
         proxy_count=_int(env, "PROXY_COUNT", 0),
         jwt_leeway=_int(env, "JWT_LEEWAY", 60),
         login_ttl=_int(env, "LOGIN_TTL", 600, minimum=30),
@@ -201,6 +221,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         key_grace_seconds=_int(env, "KEY_GRACE_SECONDS", 7 * 24 * 3600),
         http_timeout=float(_int(env, "HTTP_TIMEOUT", 5, minimum=1)),
         registration_cache_seconds=_int(env, "REGISTRATION_CACHE_SECONDS", 10),
+        roster_sync_hours=_int(env, "ROSTER_SYNC_HOURS", 24, minimum=1),
+        roster_page_size=_int(env, "ROSTER_PAGE_SIZE", 100, minimum=1),
         instance_path=_get(env, "INSTANCE_PATH") or str(Path.cwd() / "instance"),
         smtp_url=_smtp_url(smtp) if (smtp := _get(env, "SMTP_URL")) else None,
         mail_from=_mail_from(sender) if (sender := _get(env, "MAIL_FROM")) else None,

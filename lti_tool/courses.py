@@ -116,7 +116,10 @@ def _upsert_person(session: Session, facts: LaunchFacts) -> Person:
     if person is None:
         person = Person(platform_id=facts.platform_id, sub=facts.sub)
         session.add(person)
-    person.name, person.email, person.updated_at = facts.name, facts.email, utcnow()
+    # A launch without a name (an LMS hiding names from tools) keeps the one the roster gave.
+    person.name = facts.name or person.name or ""
+    person.email = facts.email or person.email or ""
+    person.updated_at = utcnow()
     return person
 
 

@@ -61,6 +61,8 @@ PAGE_REQUEST = "lti_tool.tasks.page_request"
 CHECK_SLA = "lti_tool.tasks.check_sla"
 ALERT_LEARNERS = "lti_tool.tasks.alert_learners"
 SWEEP = "lti_tool.tasks.sweep"
+SYNC_ROSTER = "lti_tool.tasks.sync_roster"
+REPORT_PARTICIPATION = "lti_tool.tasks.report_participation"
 
 # Every job is retried with back-off; a job whose worker died counts as one failure.
 RETRY_INTERVALS = (5, 15, 60, 180)
@@ -294,6 +296,9 @@ def jobs_for_events(events: Iterable[dict[str, Any]]) -> list[tuple[str, tuple[A
             planned.append((PAGE_REQUEST, (request_id, 1)))
         if kind in QUEUE_MOVED and pool_id is not None:
             planned.append((ALERT_LEARNERS, (pool_id,)))
+        if kind == "request.resolved" and request_id is not None:
+            # A completed session: its participation grade (a no-op unless the course opted in).
+            planned.append((REPORT_PARTICIPATION, (request_id,)))
     return list(dict.fromkeys(planned))  # once each, in order
 
 
@@ -396,6 +401,8 @@ class LifelineWorker(Worker):
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         if self.connection.set(SWEEP_KEY, self.name, nx=True, ex=SWEEP_EVERY):
             self.queues[0].enqueue(SWEEP, **_job_options())
+        if _ingest_consumer is not None:
+            _ingest_consumer.ensure()  # the ingestion consumer died: start another
 
 
 def _reap(pids: list[int]) -> list[int]:
@@ -408,6 +415,9 @@ def _reap(pids: list[int]) -> list[int]:
     return alive
 
 
+_ingest_consumer: Any = None  # activity.pipeline.ConsumerProcess of ``lifeline worker``
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -415,8 +425,45 @@ def run_worker(
     with_scheduler: bool = True,
     name: str | None = None,
     logging_level: str = "INFO",
+    ingest: bool = True,
 ) -> bool:
-    """``lifeline worker``: work until SIGTERM / SIGINT (or, with ``burst``, an empty queue).
+    """``lifeline worker``: the RQ worker (``_run_rq_worker``) and, in "stream" ingest mode,
+    the activity ingestion consumer as a child process, started again if it dies."""
+    global _ingest_consumer
+    if not ingest or burst or settings.ingest_mode != "stream":
+        return _run_rq_worker(
+            settings,
+            burst=burst,
+            with_scheduler=with_scheduler,
+            name=name,
+            logging_level=logging_level,
+        )
+    from .activity.pipeline import ConsumerProcess
+
+    _ingest_consumer = ConsumerProcess()
+    _ingest_consumer.start()
+    try:
+        return _run_rq_worker(
+            settings,
+            burst=burst,
+            with_scheduler=with_scheduler,
+            name=name,
+            logging_level=logging_level,
+        )
+    finally:
+        consumer, _ingest_consumer = _ingest_consumer, None
+        consumer.stop()
+
+
+def _run_rq_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    with_scheduler: bool = True,
+    name: str | None = None,
+    logging_level: str = "INFO",
+) -> bool:
+    """The RQ worker: work until SIGTERM / SIGINT (or, with ``burst``, an empty queue).
 
     RQ's worker quits when Redis times out; this loop starts a new one (back-off 1 s doubling
     to 30 s), so a Redis that hung or restarted costs seconds, not a worker. Returns whether

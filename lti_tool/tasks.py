@@ -6,6 +6,7 @@ this module but the worker.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -16,6 +17,9 @@ from .detection import live
 from .help import paging
 from .help.models import HelpRequest, HelpStatus
 from .help.operations import expire_away
+from .lms import grades as lms_grades
+from .lms import roster as lms_roster
+from .lms import sync as lms_sync
 
 
 def _sla_job_id(request_id: int, wave: int, due_timestamp: float) -> str:
@@ -86,6 +90,17 @@ def alert_learners(pool_id: int) -> dict[str, Any]:
     return report.as_dict()
 
 
+def sync_roster(course_id: int, full: bool = False) -> dict[str, Any]:
+    """Sync a course's roster from the LMS (NRPS): on its first launch, on a schedule (the
+    sweep), and when an instructor asks. ``full`` ignores the differences link."""
+    return lms_sync.sync_roster(jobs.current(), course_id, full)
+
+
+def report_participation(request_id: int) -> dict[str, Any]:
+    """Report a completed session to the LMS gradebook (AGS), if the course opted in."""
+    return lms_grades.report_participation(jobs.current(), request_id)
+
+
 def sweep() -> dict[str, Any]:
     """Close requests whose learner stepped away and did not come back, and redo paging that
     was lost: a wave that fell due but never ran (its job vanished with Redis, or Redis was
@@ -107,8 +122,19 @@ def sweep() -> dict[str, Any]:
         offer_ids = [o.id for o in live.tick(session)]
         live.expire_offers(session)
         session.commit()
+    # Rosters older than the sync interval (marked as asked for, committed, then enqueued).
+    with context.session() as session:
+        hours = dt.timedelta(hours=context.settings.roster_sync_hours)
+        rosters = lms_roster.due_for_sync(session, hours)
+        grades = lms_grades.due_for_retry(session)
+    for course_id in rosters:
+        context.enqueue(jobs.SYNC_ROSTER, course_id)
+    for request_id in grades:  # participation scores whose job gave up or died
+        context.enqueue(jobs.REPORT_PARTICIPATION, request_id)
     return {
         "expired": expired,
         "repaged": [list(pair) for pair in overdue],
         **({"offers": offer_ids} if offer_ids else {}),  # offers live detection made
+        **({"rosters": rosters} if rosters else {}),  # roster syncs that fell due
+        **({"grades": grades} if grades else {}),  # grade reports tried again
     }

@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,9 +25,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 LIFELINE = Path(sys.executable).with_name("lifeline")
 
 
-def launch_chromium(playwright: Playwright) -> Browser:
+def launch_chromium(playwright: Playwright, extra_args: Sequence[str] = ()) -> Browser:
     return playwright.chromium.launch(
-        executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=20_000
+        executable_path=CHROMIUM,
+        args=[*CHROMIUM_ARGS, *extra_args],
+        headless=True,
+        timeout=20_000,
     )
 
 
@@ -45,6 +48,9 @@ class DemoServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        # The same demo on the other loopback name: the demo LMS there is a different site
+        # from Lifeline (which stays at ``base``), as a real LMS is (see demo_lms/platform.py).
+        self.cross_site_base = f"http://localhost:{self.port}"
         self.log_path = workdir / "demo.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -124,9 +130,12 @@ class Traffic:
                 ) from None
 
 
-def open_tool_as(page: Page, base: str, user: str, exercise: str = "ex1") -> FrameLocator:
-    """Open the demo LMS as ``user`` and launch Lifeline on ``exercise``; the tool's frame."""
-    page.goto(base + "/demo/")
+def open_tool_as(
+    page: Page, base: str, user: str, exercise: str = "ex1", storage: bool = True
+) -> FrameLocator:
+    """Open the demo LMS as ``user`` and launch Lifeline on ``exercise``; the tool's frame.
+    ``storage=False``: the LMS page offers no LTI Platform Storage."""
+    page.goto(base + "/demo/" + ("" if storage else "?storage=0"))
     page.get_by_test_id("demo-user").select_option(user)
     page.get_by_test_id(f"launch-{exercise}").click()
     return page.frame_locator("iframe[name=tool]")

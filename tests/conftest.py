@@ -24,6 +24,7 @@ from lti_tool import create_app
 from lti_tool.config import Settings
 from lti_tool.courses import recent_launches
 from lti_tool.db import Database
+from lti_tool.lms import endpoints as lms_endpoints
 from lti_tool.migrate import upgrade
 from lti_tool.models_registry import metadata
 from lti_tool.web import lti as lti_views
@@ -148,6 +149,9 @@ def settings(tmp_path: object) -> Settings:
         secret_key="test-secret-key-" + "x" * 32,
         base_url=BASE_URL,
         jobs_inline=True,
+        # Ingestion stores inside the request, so a test sees rows right after its POST; the
+        # stream pipeline has its own tests (test_ingest_pipeline.py) with a real consumer.
+        ingest_mode="sync",
         instance_path=str(tmp_path),
         testing=True,
     )
@@ -157,6 +161,7 @@ def settings(tmp_path: object) -> Settings:
 def app(database: Database, redis_client: redis.Redis, settings: Settings) -> Iterator[Flask]:
     _truncate(database)
     recent_launches.clear()
+    lms_endpoints.recent.clear()
     lti_views._last_noted.clear()
     application = create_app(settings)
     yield application

@@ -169,6 +169,7 @@ def test_platform_add_help_documents_every_flag(cli: Cli) -> None:
         "--keyset-url",
         "--deployment-id",
         "--token-audience",
+        "--accept-new-deployments",
     ):
         line = next(line for line in out.splitlines() if line.strip().startswith(flag + " "))
         assert len(line.split(None, 2)) == 3, f"{flag} has no help text"
@@ -242,6 +243,19 @@ def test_plain_http_url_on_a_public_host_is_refused_naming_the_flag(
     err = cli.fails(*add_args(issuer, keyset=url))
     assert f"Error: --keyset-url {url!r} must use https" in err
     assert platforms(engine, issuer) == []
+
+
+def test_platform_add_without_deployments_needs_accept_new_deployments(
+    cli: Cli, engine: Engine
+) -> None:
+    issuer = new_issuer()
+    args = [a for a in add_args(issuer) if a not in {"--deployment-id", "dep-1"}]
+    refused = cli.fails(*args)
+    assert "--accept-new-deployments" in refused and platforms(engine, issuer) == []
+    cli.ok(*args, "--accept-new-deployments")
+    with Session(engine) as session:
+        found = session.scalars(select(Platform).where(Platform.issuer == issuer)).one()
+        assert found.accept_new_deployments and found.deployments == []
 
 
 def test_platform_add_deployment(cli: Cli, engine: Engine) -> None:

@@ -30,7 +30,7 @@ from lti_tool.tutors.models import Tutor
 from tests.helpers import Actor, launch_as
 from tests.platform import ROLE_LEARNER, JwksServer, TestPlatform
 
-BLUEPRINTS = ("learner", "tutor", "instructor")
+BLUEPRINTS = ("learner", "tutor", "instructor", "admin", "registration")
 Q_ALICE = "Alice: my loop prints 1 to 9 but I need 1 to 10, and there is no error."
 Q_CHARLIE = "Charlie: my recursion never stops and Python gives up on the depth."
 Q_OTHER = "Other alice: the list comprehension returns an empty list every time."
@@ -569,6 +569,18 @@ def _invite(w: World, call: Call) -> None:
     call(w.ida, "POST", url, 200, "/tutor/invite/", data)
 
 
+@covers("instructor.sync_roster")
+def _sync_roster(w: World, call: Call) -> None:
+    from lti_tool.lms.models import CourseServices
+
+    instructor_denials(w, call, "POST", "/l/{launch}/course/roster/sync")
+    # No launch of these courses offered a roster service: a clear 409, nothing stored.
+    url = f"/l/{w.ida.launch_id}/course/roster/sync"
+    call(w.ida, "POST", url, 409, "has not offered this course&#39;s roster")
+    with w.app.extensions["lifeline"].db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(CourseServices)) == 0
+
+
 def _course_queue_ids(w: World, call: Call, who: Actor) -> list[int]:
     data = call(who, "GET", f"/l/{who.launch_id}/course/queue.json", 200).get_json()
     return [r["id"] for r in data["live"] + data["history"]]
@@ -592,6 +604,157 @@ def _course_queue_page(w: World, call: Call) -> None:
     ):
         page = call(who, "GET", f"/l/{who.launch_id}/course/queue", 200, mine)
         assert not any(q in page.get_data(as_text=True) for q in theirs)
+
+
+# -- admin and dynamic registration -----------------------------------------------------------
+
+ADMIN_EMAIL, ADMIN_PASSWORD = "root@lifeline.example", "admin password for tests"
+ADMIN_DENIED = "Lifeline's administrators"
+
+
+def _admin(w: World) -> Actor:
+    """A signed-in Lifeline administrator (made once per world)."""
+    found: Actor | None = getattr(w, "_admin_actor", None)
+    if found is None:
+        from lti_tool.admin.accounts import create_admin
+
+        with w.app.extensions["lifeline"].db.transaction() as session:
+            create_admin(session, ADMIN_EMAIL, ADMIN_PASSWORD)
+        found = _anonymous(w.app)
+        signed_in = found.post("/admin/login", {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        assert signed_in.status_code == 303, signed_in.get_data(as_text=True)[:400]
+        w._admin_actor = found  # type: ignore[attr-defined]
+    return found
+
+
+def _platform_state(w: World) -> list[tuple[int, str, list[str]]]:
+    from lti_tool.lti.models import Platform
+
+    with w.app.extensions["lifeline"].db.transaction() as session:
+        return [
+            (p.id, p.status, [d.deployment_id for d in p.deployments])
+            for p in session.scalars(select(Platform).order_by(Platform.id))
+        ]
+
+
+def _not_admins(w: World) -> list[Actor]:
+    """Everyone of the world: launches of every role, both platforms, and a stranger."""
+    return [w.alice, w.ida, w.tara, w.other_ida, w.other_tara, w.anon]
+
+
+def admin_denials(w: World, call: Call, url: str, data: dict[str, Any]) -> None:
+    before = _platform_state(w), w.counts()
+    for who in _not_admins(w):
+        call(who, "POST", url, 403, ADMIN_DENIED, data)
+    assert (_platform_state(w), w.counts()) == before
+
+
+@covers("admin.login_form")
+def _admin_login_form(w: World, call: Call) -> None:
+    for who in _not_admins(w):
+        call(who, "GET", "/admin/login", 200, 'data-testid="admin-login"')
+    call(_admin(w), "GET", "/admin/login", 303)
+
+
+@covers("admin.login")
+def _admin_login(w: World, call: Call) -> None:
+    _admin(w)  # the account exists; nobody else gets in with a guess
+    for number, who in enumerate(_not_admins(w)):
+        # One guess at the admin's password each would lock the account (it should), so
+        # the others try being an admin under their own name.
+        email = ADMIN_EMAIL if number == 0 else f"person{number}@lms.example"
+        data = {"email": email, "password": "a wrong guess"}
+        call(who, "POST", "/admin/login", 401, "do not match", data)
+    right = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    call(_anonymous(w.app), "POST", "/admin/login", 303, "", right)
+
+
+@covers("admin.dashboard")
+def _admin_dashboard(w: World, call: Call) -> None:
+    for who in _not_admins(w):
+        response = call(who, "GET", "/admin/", 303)
+        assert response.headers["Location"].endswith("/admin/login")
+    page = call(_admin(w), "GET", "/admin/", 200, 'data-testid="admin-platforms"')
+    assert page.get_data(as_text=True).count('data-testid="admin-platform"') == 2
+
+
+@covers("admin.platform_status")
+def _admin_platform_status(w: World, call: Call) -> None:
+    pid = _platform_state(w)[0][0]
+    url = f"/admin/platforms/{pid}/status"
+    admin_denials(w, call, url, {"action": "disable"})
+    call(_admin(w), "POST", url, 303, "", {"action": "disable"})
+    assert _platform_state(w)[0][1] == "disabled"
+    call(_admin(w), "POST", url, 303, "", {"action": "enable"})
+    assert _platform_state(w)[0][1] == "active"
+    call(_admin(w), "POST", "/admin/platforms/999999/status", 404, "no platform", {"action": "x"})
+
+
+@covers("admin.platform_deployment")
+def _admin_platform_deployment(w: World, call: Call) -> None:
+    pid = _platform_state(w)[1][0]
+    url = f"/admin/platforms/{pid}/deployments"
+    admin_denials(w, call, url, {"deployment_id": "dep-from-a-stranger"})
+    call(_admin(w), "POST", url, 303, "", {"deployment_id": "dep-from-the-admin"})
+    assert "dep-from-the-admin" in _platform_state(w)[1][2]
+
+
+@covers("admin.platform_new_deployments")
+def _admin_platform_new_deployments(w: World, call: Call) -> None:
+    from lti_tool.lti.models import Platform
+
+    pid = _platform_state(w)[1][0]
+    url = f"/admin/platforms/{pid}/new-deployments"
+    admin_denials(w, call, url, {"accept": "yes"})
+    call(_admin(w), "POST", url, 303, "", {"accept": "yes"})
+    with w.app.extensions["lifeline"].db.transaction() as session:
+        platform = session.get(Platform, pid)
+        assert platform is not None and platform.accept_new_deployments
+
+
+@covers("admin.registration_setting")
+def _admin_registration_setting(w: World, call: Call) -> None:
+    from lti_tool.admin.settings import registration_status
+
+    url = "/admin/settings/registration"
+    admin_denials(w, call, url, {"registration_status": "active"})
+    with w.app.extensions["lifeline"].db.transaction() as session:
+        assert registration_status(session).value == "pending"
+    call(_admin(w), "POST", url, 303, "", {"registration_status": "active"})
+    with w.app.extensions["lifeline"].db.transaction() as session:
+        assert registration_status(session).value == "active"
+
+
+@covers("admin.logout")
+def _admin_logout(w: World, call: Call) -> None:
+    admin_denials(w, call, "/admin/logout", {})
+    admin = _admin(w)
+    call(admin, "GET", "/admin/", 200)  # the strangers' attempts did not end it
+    call(admin, "POST", "/admin/logout", 303)
+    call(admin, "GET", "/admin/", 303)
+
+
+@covers("registration.start")
+def _registration_start(w: World, call: Call) -> None:
+    """Public by design (the LMS opens it); without a usable configuration it stores nothing."""
+    before = _platform_state(w)
+    for who in _not_admins(w):
+        call(who, "GET", "/lti/register", 400, "missing_openid_configuration")
+        url = "/lti/register?openid_configuration=http://lms.example.edu/config"
+        call(who, "GET", url, 400, "must use https")
+    assert _platform_state(w) == before
+
+
+@covers("registration.confirm")
+def _registration_confirm(w: World, call: Call) -> None:
+    """A Register press needs a handle only a confirmation page holds; a forged one does
+    nothing, whoever sends it."""
+    before = _platform_state(w)
+    for who in [*_not_admins(w), _admin(w)]:
+        for handle in ("", "A" * 43):
+            data = {"handle": handle, "name": "Forged"}
+            call(who, "POST", "/lti/register/confirm", 400, "registration_page_expired", data)
+    assert _platform_state(w) == before
 
 
 # -- the tests -------------------------------------------------------------------------------
@@ -628,11 +791,24 @@ CHAINS = {
     "finish": ["tutor.transfer", "tutor.resolve", "learner.rate"],
     "accounts": [
         "instructor.save_settings",
+        "instructor.sync_roster",
         "instructor.invite",
         "tutor.availability",
         "tutor.logout",
         "tutor.login",
         "tutor.accept",
+    ],
+    "admin": [
+        "admin.login_form",
+        "admin.login",
+        "admin.dashboard",
+        "registration.start",
+        "registration.confirm",
+        "admin.platform_status",
+        "admin.platform_deployment",
+        "admin.platform_new_deployments",
+        "admin.registration_setting",
+        "admin.logout",
     ],
 }
 

@@ -120,6 +120,7 @@ URLS: dict[str, Callable[[World], str]] = {
     "tutor.chat": lambda w: w.req("chat"),
     "instructor.save_settings": lambda w: f"/l/{w.ida.launch_id}/course/settings",
     "instructor.invite": lambda w: f"/l/{w.ida.launch_id}/course/invite",
+    "instructor.sync_roster": lambda w: f"/l/{w.ida.launch_id}/course/roster/sync",
 }
 WHO = {"learner": "alice", "tutor": "tara", "instructor": "ida"}
 WHO_FOR = {"learner.create_request": "bob", "tutor.login": "anon", "tutor.accept": "anon"}
@@ -266,6 +267,9 @@ CASES = [
     Bad("instructor.invite", {"email": "e@example.org", "pool_id": FOREIGN}, 400, "not serve"),
     Bad("instructor.invite", {"email": "e@example.org", "pool_id": "abc"}, 400, "not serve"),
     Bad("instructor.invite", {"email": "e@example.org", "pool_id": "\u00b2"}, 400, "not serve"),
+    Bad("instructor.save_settings", {**SETTINGS, "report_participation": "y"}, 400, "checkbox"),
+    # no launch of the course offered a roster service (NRPS)
+    Bad("instructor.sync_roster", {}, 409, "has not offered this course's roster"),
 ]
 # Endpoints that read no field but the CSRF token: only the token checks below apply.
 NO_FIELDS = {"tutor.heartbeat", "tutor.logout"}

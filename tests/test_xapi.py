@@ -860,7 +860,7 @@ def test_after_store_gets_each_batch_in_the_request_transaction(
 def test_the_embedded_sqlite_database_ingests_too(tmp_path: Any) -> None:
     """``lifeline demo`` runs on SQLite: the same code path, another dialect."""
     from lti_tool import create_app
-    from lti_tool.activity import credentials
+    from lti_tool.activity import credentials, pipeline
     from lti_tool.config import Settings
     from lti_tool.courses import Course, LaunchFacts, record_launch
     from lti_tool.db import Database
@@ -904,11 +904,17 @@ def test_the_embedded_sqlite_database_ingests_too(tmp_path: Any) -> None:
             "alice", "https://demo.example/ex1", "asked", timestamp="2026-03-01T10:01:00Z"
         )
         batch = [first, hint, {"x": 1}]
+        # The demo's pipeline: accepted into the in-process Redis stand-in, stored by a
+        # consumer (``lifeline demo`` runs one on a thread; here it is drained by hand).
         response = client.post("/xapi/statements?detail=1", json=batch, headers=headers)
-        assert response.get_json()["counts"] == {"accepted": 2, "invalid": 1}
+        assert response.get_json()["counts"] == {"queued": 2, "invalid": 1}
         again = client.post("/xapi/statements?detail=1", json=[*batch, changed], headers=headers)
         assert again.get_json()["counts"] == {"duplicate": 2, "invalid": 1, "conflict": 1}
+        services = app.extensions["lifeline"]
+        assert pipeline.Consumer(services.db, services.redis).drain() == 2
         with database.transaction() as session:
+            statuses = sorted(session.scalars(select(RawEvent.status)).all())
+            assert statuses == ["accepted", "accepted", "conflict", "invalid"]
             kinds = session.scalars(
                 select(ActivityRecord.kind).order_by(ActivityRecord.occurred_at)
             ).all()

@@ -8,6 +8,12 @@ stop working at once.
 
 SDK tokens are what an exercise page uses: signed (itsdangerous, with the app's secret) for
 one person, course and exercise, and valid for two hours. They carry no other power.
+
+Ingestion checks credentials on every request, so each process keeps the credentials it saw
+for ``CACHE_SECONDS`` (``authenticate_cached``): a request then needs no database at all. A
+revocation takes effect at once in the process that made it and within ``CACHE_SECONDS`` in
+the others. ``last_used_at`` is written by whoever stores the events (``touch``), at most once
+a minute per credential.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from ..courses import Course, Exercise, Person
@@ -33,6 +42,8 @@ _KEY = re.compile(r"^ll_[A-Za-z0-9_-]{8,60}$")
 MAX_LABEL = 200
 MAX_CREDENTIALS = 50  # live credentials per course
 LAST_USED_EVERY = dt.timedelta(minutes=1)
+CACHE_SECONDS = 5.0  # a credential seen is trusted this long per process without the database
+CACHE_SIZE = 10_000
 
 SDK_SALT = "lifeline.activity.sdk"
 SDK_TOKEN_SECONDS = 2 * 3600
@@ -111,6 +122,7 @@ def revoke(session: Session, course_id: int, credential_id: int) -> bool:
         )
         .values(revoked_at=utcnow())
     )
+    _forget(credential_id)
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -129,6 +141,76 @@ def authenticate(session: Session, key: str, secret: str) -> ActivityCredential 
     if credential.last_used_at is None or now - credential.last_used_at > LAST_USED_EVERY:
         credential.last_used_at = now
     return credential
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """What a request needs of its credential: who it is and the course it writes into."""
+
+    id: int
+    platform_id: int
+    course_id: int
+
+
+_cache: dict[str, tuple[float, str, CredentialInfo]] = {}  # key -> (until, secret hash, info)
+_cache_lock = threading.Lock()
+
+
+def _forget(credential_id: int) -> None:
+    with _cache_lock:
+        for key in [k for k, (_, _, info) in _cache.items() if info.id == credential_id]:
+            del _cache[key]
+
+
+def authenticate_cached(
+    session: Session | Callable[[], Session], key: str, secret: str
+) -> CredentialInfo | None:
+    """``authenticate`` with a per-process cache of the live credentials seen in the last
+    ``CACHE_SECONDS`` (the secret is checked against the cached hash every time). Unknown keys
+    and wrong secrets are never cached. ``session`` (or a function giving one) is used only on
+    a miss."""
+    if not _KEY.match(key) or len(secret) > 200:
+        return None
+    now = time.monotonic()
+    cached = _cache.get(key)
+    if cached is not None and cached[0] > now:
+        _, secret_hash, info = cached
+        return info if hmac.compare_digest(secret_hash, _hash(secret)) else None
+    if not isinstance(session, Session):
+        session = session()
+    credential = session.scalars(
+        select(ActivityCredential).where(
+            ActivityCredential.key == key, ActivityCredential.revoked_at.is_(None)
+        )
+    ).first()
+    if credential is None or not hmac.compare_digest(credential.secret_hash, _hash(secret)):
+        return None
+    info = CredentialInfo(credential.id, credential.platform_id, credential.course_id)
+    with _cache_lock:
+        if len(_cache) >= CACHE_SIZE:
+            _cache.clear()
+        _cache[key] = (now + CACHE_SECONDS, credential.secret_hash, info)
+    return info
+
+
+def touch(session: Session, credential_ids: Iterable[int], now: dt.datetime | None = None) -> None:
+    """Note that these credentials were used (``last_used_at``, at most once a minute each):
+    one UPDATE, by whoever stores the events."""
+    ids = sorted(set(credential_ids))
+    if not ids:
+        return
+    now = now or utcnow()
+    session.execute(
+        update(ActivityCredential)
+        .where(
+            ActivityCredential.id.in_(ids),
+            or_(
+                ActivityCredential.last_used_at.is_(None),
+                ActivityCredential.last_used_at < now - LAST_USED_EVERY,
+            ),
+        )
+        .values(last_used_at=now)
+    )
 
 
 # -- SDK tokens ---------------------------------------------------------------------------------

@@ -35,13 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import ColumnElement, Integer, String, Table, any_, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from ..courses import Course, Exercise, Person
 from ..db import utcnow
-from .model import ActivityKind, ActivityRecord, RawEvent
+from .model import ActivityKind, ActivityRecord, RawEvent, StoredRecord
 from .models import ActorMapping, ExerciseMapping
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class Item:
     invalid_field: str | None = None
     note: str | None = None  # why invalid / ignored
     conflict: bool = False  # a different input under an id already stored
+    received_at: dt.datetime | None = None  # when it came in, if not the batch's ``now``
 
     @property
     def invalid(self) -> bool:
@@ -253,6 +254,32 @@ def check_not_future(at: dt.datetime, now: dt.datetime) -> str | None:
     return None
 
 
+# -- queries over many values -----------------------------------------------------------------
+
+
+def in_values(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``column = ANY(:array)``, one parameter whatever
+    the number of values (a long IN list costs more to render and parse than to run)."""
+    if session.get_bind().dialect.name == "postgresql":
+        kind = Integer() if values and isinstance(values[0], int) else String()
+        return column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(kind)))  # type: ignore[no-any-return]
+    return column.in_(list(values))  # type: ignore[no-any-return]
+
+
+def pairs_in(
+    session: Session, first: Any, second: Any, pairs: Sequence[tuple[int, int]]
+) -> ColumnElement[bool]:
+    """``(first, second) IN pairs`` of integers; on PostgreSQL against two unnested arrays."""
+    if session.get_bind().dialect.name == "postgresql":
+        ints = postgresql.ARRAY(Integer())
+        firsts = bindparam(None, [a for a, _ in pairs], type_=ints)
+        seconds = bindparam(None, [b for _, b in pairs], type_=ints)
+        return func.row(first, second).in_(select(func.unnest(firsts), func.unnest(seconds)))
+    from sqlalchemy import tuple_
+
+    return tuple_(first, second).in_(list(pairs))
+
+
 # -- rate limits --------------------------------------------------------------------------------
 
 
@@ -364,7 +391,8 @@ class Resolver:
                 actor: sub
                 for actor, sub in session.execute(
                     select(ActorMapping.actor, ActorMapping.sub).where(
-                        ActorMapping.course_id == scope.course_id, ActorMapping.actor.in_(keys)
+                        ActorMapping.course_id == scope.course_id,
+                        in_values(session, ActorMapping.actor, sorted(keys)),
                     )
                 )
             }
@@ -375,7 +403,8 @@ class Resolver:
                 sub: pid
                 for pid, sub in session.execute(
                     select(Person.id, Person.sub).where(
-                        Person.platform_id == scope.platform_id, Person.sub.in_(subs)
+                        Person.platform_id == scope.platform_id,
+                        in_values(session, Person.sub, sorted(subs)),
                     )
                 )
             }
@@ -431,7 +460,7 @@ class Resolver:
                 for activity, link in session.execute(
                     select(ExerciseMapping.activity_id, ExerciseMapping.resource_link_id).where(
                         ExerciseMapping.course_id == scope.course_id,
-                        ExerciseMapping.activity_id.in_(wanted),
+                        in_values(session, ExerciseMapping.activity_id, sorted(wanted)),
                     )
                 )
             }
@@ -476,7 +505,7 @@ class _Planned:
 @dataclass
 class StoreOutcome:
     results: list[ItemResult]
-    records: list[ActivityRecord] = field(default_factory=list)
+    records: list[StoredRecord] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -562,21 +591,15 @@ def _insert_raw(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
     return {str(ext): int(rid) for rid, ext in inserted}
 
 
-def _insert_records(session: Session, rows: list[dict[str, Any]]) -> list[ActivityRecord]:
-    """Bulk insert normalised records; returns them as persistent ORM objects (no reload)."""
+def _insert_records(session: Session, rows: list[dict[str, Any]]) -> list[StoredRecord]:
+    """Bulk insert normalised records; returns them with their ids (no ORM objects)."""
     if not rows:
         return []
     table = ActivityRecord.metadata.tables[ActivityRecord.__tablename__]
     # Each record has its own raw event: that pairs the returned ids with the rows.
     inserted = _bulk_insert(session, table, rows, ("id", "raw_event_id"))
     ids = {int(raw_id): int(rid) for rid, raw_id in inserted}
-    records = []
-    for row in rows:
-        record = ActivityRecord(id=ids[row["raw_event_id"]], **row)
-        make_transient_to_detached(record)
-        records.append(record)
-    session.add_all(records)
-    return records
+    return [StoredRecord(id=ids[row["raw_event_id"]], **row) for row in rows]
 
 
 def _record_row(
@@ -597,7 +620,20 @@ def _record_row(
         "error": event.error,
         "code_length": event.code_length,
         "occurred_at": event.occurred_at,
-        "received_at": now,
+        "received_at": planned.item.received_at or now,
+    }
+
+
+def _raw_row(planned: _Planned, scope: Scope, source: str, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "platform_id": scope.platform_id,
+        "course_id": scope.course_id,
+        "source": source,
+        "external_id": planned.item.external_id,
+        "body": planned.item.body,
+        "status": planned.status,
+        "note": planned.note,
+        "received_at": planned.item.received_at or now,
     }
 
 
@@ -654,27 +690,26 @@ def store(
     resolver = Resolver(session, scope)
     resolver.prepare(i for i in new_items if not i.invalid and i.event is not None)
     plans = [_plan(item, resolver) for item in new_items]
-    raw_rows = [
-        {
-            "platform_id": scope.platform_id,
-            "course_id": scope.course_id,
-            "source": source,
-            "external_id": p.item.external_id,
-            "body": p.item.body,
-            "status": p.status,
-            "note": p.note,
-            "received_at": now,
-        }
-        for p in plans
-    ]
-    raw_ids = _insert_raw(session, raw_rows)
+    raw_ids = _insert_raw(session, [_raw_row(p, scope, source, now) for p in plans])
     raced = [p for p in plans if p.item.external_id not in raw_ids]
     if raced:  # stored by a concurrent request between our look-up and our insert
         again = _stored_bodies(session, scope, source, [p.item.external_id for p in raced])
+        kept: list[_Planned] = []
         for p in raced:
             same = p.item.invalid or compare(again.get(p.item.external_id, "")) == p.item.compare
-            conflict = p.item.conflict or not same
-            results[p.item.index] = _repeat(p.item, CONFLICT if conflict else DUPLICATE)
+            if p.item.conflict or same:
+                results[p.item.index] = _repeat(p.item, CONFLICT if p.item.conflict else DUPLICATE)
+                continue
+            # A different input under that id: kept aside as its own conflict row.
+            item = _as_conflict(p.item, "a different statement is stored under this id")
+            kept.append(_Planned(item, CONFLICT, item.note))
+        extra = _insert_raw(session, [_raw_row(p, scope, source, now) for p in kept])
+        for p in kept:
+            if p.item.external_id not in extra:  # this very conflict was kept before
+                results[p.item.index] = _repeat(p.item, CONFLICT)
+        raw_ids.update(extra)
+        plans = [p for p in plans if p.item.external_id in raw_ids]
+        plans += [p for p in kept if p.item.external_id in extra]
     accepted = sorted(
         (p for p in plans if p.status == ACCEPTED and p.item.external_id in raw_ids),
         key=_occurrence,
@@ -731,7 +766,7 @@ def _stored_bodies(
             select(RawEvent.external_id, RawEvent.body).where(
                 RawEvent.course_id == scope.course_id,
                 RawEvent.source == source,
-                RawEvent.external_id.in_(chunk),
+                in_values(session, RawEvent.external_id, chunk),
             )
         ):
             if ext is not None:
@@ -739,7 +774,7 @@ def _stored_bodies(
     return found
 
 
-def after_store(session: Session, records: Sequence[ActivityRecord]) -> None:
+def after_store(session: Session, records: Sequence[StoredRecord]) -> None:
     """Called once per batch with the records just stored (ids assigned, not yet committed),
     in the request's transaction. The detection engine hooks in here (``detection.live``; a
     detection failure is logged and never loses the events)."""

@@ -113,3 +113,37 @@ class ActivityRecord(Base):
             error=self.error,
             code_length=self.code_length,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A normalised record just inserted, as ingestion hands it to detection (``after_store``):
+    the row's values, without the cost of an ORM object per event."""
+
+    id: int
+    platform_id: int
+    course_id: int
+    exercise_id: int
+    learner_id: int
+    raw_event_id: int | None
+    source: str
+    kind: str
+    correct: bool | None
+    score: float | None
+    error: str | None
+    code_length: int | None
+    occurred_at: dt.datetime
+    received_at: dt.datetime
+
+    def as_event(self) -> ActivityEvent:
+        return ActivityEvent(
+            learner=str(self.learner_id),
+            exercise=str(self.exercise_id),
+            kind=ActivityKind(self.kind),
+            at=self.occurred_at,
+            order=self.id,
+            correct=self.correct,
+            score=self.score,
+            error=self.error,
+            code_length=self.code_length,
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..db import Base, UTCDateTime, utcnow
@@ -76,3 +76,22 @@ class ExerciseMapping(Base):
 
 # Re-processing reads a course's unmapped raw events; without this it would scan them all.
 Index("ix_raw_events_course_status", RawEvent.course_id, RawEvent.status)
+
+
+class IngestDeadLetter(Base):
+    """An entry of the ingestion stream that the worker could not store after its retries
+    (``activity.pipeline``): kept whole, with the last error, for an admin to see
+    (``lifeline activity dead-letters``) and put back once the cause is fixed. No foreign key:
+    it must be keepable whatever it names."""
+
+    __tablename__ = "ingest_dead_letters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stream_id: Mapped[str] = mapped_column(String(64))
+    course_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    source: Mapped[str] = mapped_column(String(20), default="")
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[str] = mapped_column(Text)  # the entry's fields, as JSON
+    reason: Mapped[str] = mapped_column(Text)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

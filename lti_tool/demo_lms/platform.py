@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +25,8 @@ CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
 DL_CLAIM = "https://purl.imsglobal.org/spec/lti-dl/claim/"
 CLIENT_ID = "lifeline-demo-client"
 DEPLOYMENT_ID = "demo-deployment-1"
+STORAGE_FRAME = "demo_lms_storage"  # the frame of the LMS page that keeps platform storage
+_LOOPBACK_TWIN = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
 
 
 @dataclass(frozen=True)
@@ -96,10 +99,19 @@ def load_or_create_key(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 class DemoPlatform:
-    def __init__(self, base_url: str, key: rsa.RSAPrivateKey) -> None:
+    """One demo LMS: ``base_url`` is Lifeline's address, ``lms_url`` the LMS's own (by
+    default the same). Its issuer, authorization endpoint and keys live at ``lms_url``."""
+
+    def __init__(self, base_url: str, key: rsa.RSAPrivateKey, lms_url: str | None = None) -> None:
         self.base_url = base_url
-        self.issuer = base_url + "/demo"
+        self.lms_url = lms_url or base_url
+        self.issuer = self.lms_url + "/demo"
         self.key = key
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
         self.kid = "demo-" + jwk["n"][:12]
@@ -109,9 +121,19 @@ class DemoPlatform:
     def launch_url(self) -> str:
         return self.base_url + "/lti/launch"
 
+    @property
+    def tool_origin(self) -> str:
+        """The only origin whose postMessages the LMS's pages answer."""
+        return origin_of(self.base_url)
+
+    @property
+    def cross_site(self) -> bool:
+        return urlsplit(self.lms_url).hostname != urlsplit(self.base_url).hostname
+
     def registration(self) -> dict[str, Any]:
+        host = urlsplit(self.lms_url).netloc
         return {
-            "name": "Demo LMS",
+            "name": f"Demo LMS at {host}" if self.cross_site else "Demo LMS",
             "issuer": self.issuer,
             "client_id": CLIENT_ID,
             "auth_login_url": self.issuer + "/auth",
@@ -123,8 +145,10 @@ class DemoPlatform:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self.jwk]}
 
-    def login_params(self, user: DemoUser, message_hint: str) -> dict[str, str]:
-        return {
+    def login_params(
+        self, user: DemoUser, message_hint: str, storage: bool = True
+    ) -> dict[str, str]:
+        params = {
             "iss": self.issuer,
             "login_hint": user.key,
             "target_link_uri": self.launch_url,
@@ -132,6 +156,9 @@ class DemoPlatform:
             "client_id": CLIENT_ID,
             "lti_deployment_id": DEPLOYMENT_ID,
         }
+        if storage:  # the course page keeps platform storage in its STORAGE_FRAME
+            params["lti_storage_target"] = STORAGE_FRAME
+        return params
 
     def id_token(
         self, user: DemoUser, nonce: str, hint: dict[str, Any], deep_link_data: str
@@ -215,3 +242,31 @@ class DemoPlatform:
         if claims.get(DL_CLAIM + "data") != expected_data:
             raise ValueError("the data claim was not echoed")
         return claims
+
+
+class DemoPlatforms:
+    """The demo LMS where the browser reaches it: on Lifeline's own address, or on the other
+    loopback name at the same port (``localhost`` for ``127.0.0.1`` and back), which is
+    another site. There Lifeline is a third-party frame, as in a real LMS, so launches with
+    third-party cookies blocked (and platform storage) can be seen and tested. Each address is
+    its own platform (issuer, authorization endpoint) with the same key; any other Host
+    header gets the first."""
+
+    def __init__(self, base_url: str, key: rsa.RSAPrivateKey) -> None:
+        self.home = DemoPlatform(base_url, key)
+        parts = urlsplit(base_url)
+        twin = _LOOPBACK_TWIN.get(parts.hostname or "")
+        self.twin: DemoPlatform | None = None
+        if twin is not None:
+            netloc = twin if parts.port is None else f"{twin}:{parts.port}"
+            self.twin = DemoPlatform(base_url, key, f"{parts.scheme}://{netloc}")
+
+    def at(self, host: str | None) -> DemoPlatform:
+        """The platform answering on ``host`` (a request's Host header)."""
+        if self.twin is not None and host == urlsplit(self.twin.lms_url).netloc:
+            return self.twin
+        return self.home
+
+    def other(self, platform: DemoPlatform) -> DemoPlatform | None:
+        """The same course on the other site, if there is one."""
+        return self.twin if platform is self.home else self.home

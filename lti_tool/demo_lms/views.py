@@ -1,4 +1,5 @@
-"""The demo LMS's pages: a course with two exercises, launch buttons, its OIDC endpoints."""
+"""The demo LMS's pages: a course with two exercises, launch buttons, its OIDC endpoints, and
+the LTI Platform Storage its course page keeps for Lifeline (``?storage=0`` turns it off)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,25 @@ from sqlalchemy.orm import Session
 from ..lti.models import Platform
 from ..lti.registry import add_deployment, add_platform, find_by_issuer
 from ..services import current_services
-from . import demo_platform
-from .platform import CLIENT_ID, COURSE, DEPLOYMENT_ID, EXERCISES, USERS
+from . import demo_platform, demo_platforms
+from .platform import CLIENT_ID, COURSE, DEPLOYMENT_ID, EXERCISES, STORAGE_FRAME, USERS
 
 bp = Blueprint("demo_lms", __name__, url_prefix="/demo")
 HINT_TTL = 600
 PLACEMENTS_KEY = "demo-lms:placements"
+
+
+@bp.after_request
+def _may_frame_the_tool(response: Response) -> Response:
+    """Lifeline's policy (``web/__init__.py``), but the course page may also frame Lifeline's
+    origin, which differs from the LMS's when the demo LMS is reached on another site."""
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+        f"'unsafe-inline'; img-src 'self' data:; frame-src 'self' {demo_platform().tool_origin}; "
+        "frame-ancestors *; form-action *",
+    )
+    return response
 
 
 def ensure_registered(session: Session) -> None:
@@ -40,17 +54,36 @@ def _placements() -> list[dict[str, Any]]:
     return [json.loads(item) for item in raw]
 
 
+def _storage_on() -> bool:
+    """Whether this course page offers platform storage: yes unless ``storage=0``."""
+    return request.args.get("storage", "1") != "0"
+
+
 @bp.get("/")
 def home() -> str:
     with current_services().db.transaction() as session:
         ensure_registered(session)
+    platform = demo_platform()
+    other = demo_platforms().other(platform)
     return render_template(
         "demo_lms/home.html",
         users=USERS,
         course=COURSE,
         exercises=EXERCISES,
         placements=_placements(),
+        platform=platform,
+        other_site=None if other is None else other.lms_url,
+        storage=_storage_on(),
+        storage_frame=STORAGE_FRAME,
     )
+
+
+@bp.get("/storage")
+def storage_frame() -> str:
+    """The course page's hidden storage frame: answers lti.put_data / lti.get_data from
+    Lifeline's origin only, on the origin of the LMS's authorization endpoint (the spec's
+    rule, so the tool knows where to post)."""
+    return render_template("demo_lms/storage.html", tool_origin=demo_platform().tool_origin)
 
 
 @bp.get("/start")
@@ -73,13 +106,15 @@ def start() -> str:
         "title": title,
         "deep_link": request.args.get("deep_link") == "1",
     }
+    with current_services().db.transaction() as session:
+        ensure_registered(session)
     platform = demo_platform()
     hint_id = platform.new_hint_id()
     current_services().redis.set("demo-lms:hint:" + hint_id, json.dumps(hint), ex=HINT_TTL)
     return render_template(
         "lti/autopost.html",
         action=platform.base_url + "/lti/login",
-        fields=platform.login_params(user, hint_id),
+        fields=platform.login_params(user, hint_id, storage=_storage_on()),
         message="Opening Lifeline…",
     )
 

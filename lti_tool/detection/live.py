@@ -25,6 +25,7 @@ Time-based triggers (silence after a failure) wake through ``due_at`` on the sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -32,11 +33,12 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ..activity.model import ActivityKind, ActivityRecord
+from ..activity.ingest import in_values, pairs_in
+from ..activity.model import ActivityKind, ActivityRecord, StoredRecord
 from ..bus import PENDING
 from ..courses import Course, Exercise, Person
 from ..db import Base, utcnow
@@ -137,50 +139,182 @@ def _ensure(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> 
     session.execute(insert(table).values(rows).on_conflict_do_nothing())
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+_NAME_SETS: dict[type, frozenset[str]] = {}
+
+
+def _name_set(cls: type) -> frozenset[str]:
+    names = _NAME_SETS.get(cls)
+    if names is None:
+        names = _NAME_SETS[cls] = frozenset(_field_names(cls))
+    return names
+
+
+def _state_dict(state: ExerciseState | LearnerState) -> dict[str, Any]:
+    """``state.as_dict()`` for the flat state dataclasses, without ``dataclasses.asdict``'s
+    deep copy (every field is a scalar): the same dict, a tenth of the time."""
+    return {name: getattr(state, name) for name in _field_names(type(state))}
+
+
+def _exercise_state(data: dict[str, Any] | None) -> ExerciseState:
+    names = _name_set(ExerciseState)
+    return ExerciseState(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+def _learner_state(data: dict[str, Any] | None) -> LearnerState:
+    names = _name_set(LearnerState)
+    return LearnerState(**{k: v for k, v in (data or {}).items() if k in names})
+
+
+def _bulk_update(
+    session: Session,
+    model: type[Base],
+    keys: tuple[str, ...],
+    values: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    course_id: int,
+) -> None:
+    """One UPDATE of many rows of ``model`` in course ``course_id``, matched on ``keys``.
+
+    PostgreSQL: ``UPDATE … FROM jsonb_to_recordset(:rows)``, one statement and one parameter
+    whatever the number of rows. Elsewhere (SQLite, the demo): an executemany."""
+    if not rows:
+        return
+    table = Base.metadata.tables[model.__tablename__]
+    now = utcnow()
+    dialect = session.get_bind().dialect
+    if dialect.name == "postgresql":
+        columns = ", ".join(
+            f"{name} {table.c[name].type.compile(dialect=dialect)}" for name in (*keys, *values)
+        )
+        match = " AND ".join(f"t.{k} = x.{k}" for k in keys)
+        assign = ", ".join(f"{v} = x.{v}" for v in values)
+        # Names come from our own tables, never from input.
+        sql = text(
+            f"UPDATE {table.name} AS t SET {assign}, updated_at = :now "  # noqa: S608
+            f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({columns}) "
+            f"WHERE t.course_id = :course AND {match}"
+        )
+        payload = json.dumps(rows, separators=(",", ":"))
+        session.execute(sql, {"rows": payload, "now": now, "course": course_id})
+        return
+    stmt = (
+        update(table)
+        .where(table.c.course_id == course_id, *(table.c[k] == bindparam("k_" + k) for k in keys))
+        .values({**{v: bindparam("v_" + v) for v in values}, "updated_at": now})
+    )
+    params = [
+        {**{"k_" + k: row[k] for k in keys}, **{"v_" + v: row[v] for v in values}} for row in rows
+    ]
+    session.connection().execute(stmt, params)
+
+
+@dataclasses.dataclass
+class _Held:
+    """A state row read by this batch: the live state, what the row held, its timer."""
+
+    state: Any
+    saved: dict[str, Any]
+    due_at: float | None = None
+    saved_due: float | None = None
+
+
 class DbStore:
-    """The engine's ``StateStore`` over ``detection_*_states``: rows are read (and locked) once,
-    handed to the engine as live objects, and written back by ``flush``."""
+    """The engine's ``StateStore`` over ``detection_*_states``: rows are read (and locked) once
+    per batch, handed to the engine as live objects, and written back by ``flush`` in one
+    UPDATE per table."""
 
     def __init__(self, session: Session, course_id: int) -> None:
         self.session = session
         self.course_id = course_id
-        self._exercises: dict[Key, tuple[DetectionExerciseState, ExerciseState]] = {}
-        self._learners: dict[tuple[str, str], tuple[DetectionLearnerState, LearnerState]] = {}
+        self._exercises: dict[Key, _Held] = {}
+        self._learners: dict[tuple[str, str], _Held] = {}
         self._due: list[Key] = []
 
-    def load(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Read and lock the state rows of these (learner, exercise) pairs and their learners,
-        in key order (concurrent batches never deadlock on existing rows); the missing ones
-        are created (INSERT … ON CONFLICT DO NOTHING) and then read."""
+    def previous_exercises(self, learners: Iterable[int]) -> set[tuple[int, int]]:
+        """The (learner, exercise) each of these learners was last on, read without a lock:
+        ``Engine._left`` reads that state when they move on, so a batch loads it up front
+        (a change meanwhile is still read, one row, by the lazy path)."""
+        wanted = sorted(set(learners) - {int(k[1]) for k in self._learners})
+        found: set[tuple[int, int]] = set()
+        table = DetectionLearnerState
+        for start in range(0, len(wanted), 1000):
+            for lid, current in self.session.execute(
+                select(table.learner_id, table.state["current_exercise"].as_string()).where(
+                    table.course_id == self.course_id,
+                    in_values(self.session, table.learner_id, wanted[start : start + 1000]),
+                )
+            ):
+                if current and str(current).isdigit():
+                    found.add((int(lid), int(current)))
+        return found
+
+    def load(self, pairs: Iterable[tuple[int, int]], *, previous: bool = False) -> None:
+        """Read and lock the state rows of these (learner, exercise) pairs and then of their
+        learners, each in key order (concurrent batches and the sweep's ``tick`` lock in the
+        same order, so they never deadlock); the missing ones are created (INSERT … ON
+        CONFLICT DO NOTHING) and then read. With ``previous``, also the state of the exercise
+        each learner was on before (``Engine._left`` reads it when they move on): on
+        PostgreSQL in the same query."""
         course = str(self.course_id)
         pairs = sorted(
             p for p in set(pairs) if (course, str(p[0]), str(p[1])) not in self._exercises
         )
         learners = sorted({lid for lid, _ in pairs} - {int(k[1]) for k in self._learners})
-        now = utcnow()
+        table = DetectionExerciseState
+        postgres = self.session.get_bind().dialect.name == "postgresql"
+        if previous and not postgres and learners:
+            pairs = sorted(set(pairs) | self.previous_exercises(learners))
+        elif previous and pairs:
+            rows = self._lock_with_previous(pairs, learners)
+            found = {(r[0], r[1]) for r in rows}
+            for lid, eid, state, due in rows:
+                self._add_exercise_row(lid, eid, state, due)
+            pairs = [p for p in pairs if p not in found]
+            if not pairs:
+                if learners:
+                    self._load_learners(learners)
+                return
+            known_missing = True
+        else:
+            known_missing = False
 
-        def exercise_rows(keys: list[tuple[int, int]]) -> list[DetectionExerciseState]:
-            return list(
-                self.session.scalars(
-                    select(DetectionExerciseState)
+        def exercise_rows(keys: list[tuple[int, int]]) -> list[Any]:
+            found: list[Any] = []
+            for start in range(0, len(keys), 1000):
+                found += self.session.execute(
+                    select(table.learner_id, table.exercise_id, table.state, table.due_at)
                     .where(
-                        DetectionExerciseState.course_id == self.course_id,
-                        tuple_(
-                            DetectionExerciseState.learner_id, DetectionExerciseState.exercise_id
-                        ).in_(keys),
+                        table.course_id == self.course_id,
+                        pairs_in(
+                            self.session,
+                            table.learner_id,
+                            table.exercise_id,
+                            keys[start : start + 1000],
+                        ),
                     )
-                    .order_by(DetectionExerciseState.learner_id, DetectionExerciseState.exercise_id)
+                    .order_by(table.learner_id, table.exercise_id)
                     .with_for_update()
-                )
-            )
+                ).all()
+            return found
 
         if pairs:
-            erows = exercise_rows(pairs)
-            missing_pairs = sorted(set(pairs) - {(r.learner_id, r.exercise_id) for r in erows})
-            if missing_pairs:
+            rows = [] if known_missing else exercise_rows(pairs)
+            missing = sorted(set(pairs) - {(r[0], r[1]) for r in rows})
+            if missing:
+                now = utcnow()
                 _ensure(
                     self.session,
-                    DetectionExerciseState,
+                    table,
                     [
                         {
                             "course_id": self.course_id,
@@ -189,81 +323,113 @@ class DbStore:
                             "state": {},
                             "updated_at": now,
                         }
-                        for lid, eid in missing_pairs
+                        for lid, eid in missing
                     ],
                 )
-                erows += exercise_rows(missing_pairs)
-            for erow in erows:
-                self._add_exercise_row(erow)
+                rows += exercise_rows(missing)
+            for lid, eid, state, due in rows:
+                self._add_exercise_row(lid, eid, state, due)
         if learners:  # after the exercise rows, in the same order as ``tick``
             self._load_learners(learners)
 
-    def _add_exercise_row(self, erow: DetectionExerciseState) -> None:
-        key = (str(erow.course_id), str(erow.learner_id), str(erow.exercise_id))
+    def _lock_with_previous(self, pairs: list[tuple[int, int]], learners: list[int]) -> list[Any]:
+        """PostgreSQL: lock the rows of ``pairs`` and of each learner's current exercise in one
+        query, in key order."""
+        sql = text(
+            "SELECT learner_id, exercise_id, state, due_at FROM detection_exercise_states "
+            "WHERE course_id = :course AND (learner_id, exercise_id) IN ("
+            "SELECT unnest(CAST(:ls AS integer[])), unnest(CAST(:es AS integer[])) UNION "
+            "SELECT learner_id, CASE WHEN (state ->> 'current_exercise') ~ '^[0-9]{1,9}$' "
+            "THEN CAST(state ->> 'current_exercise' AS integer) END "
+            "FROM detection_learner_states "
+            "WHERE course_id = :course AND learner_id = ANY(CAST(:learners AS integer[]))) "
+            "ORDER BY learner_id, exercise_id FOR UPDATE"
+        )
+        return list(
+            self.session.execute(
+                sql,
+                {
+                    "course": self.course_id,
+                    "ls": [lid for lid, _ in pairs],
+                    "es": [eid for _, eid in pairs],
+                    "learners": learners,
+                },
+            )
+        )
+
+    def loaded_exercises(self) -> set[str]:
+        return {key[2] for key in self._exercises}
+
+    def _add_exercise_row(
+        self, learner_id: int, exercise_id: int, state: dict[str, Any] | None, due: float | None
+    ) -> None:
+        key = (str(self.course_id), str(learner_id), str(exercise_id))
         if key not in self._exercises:
-            self._exercises[key] = (erow, ExerciseState.from_dict(erow.state))
+            self._exercises[key] = _Held(_exercise_state(state), state or {}, due, due)
 
     # -- StateStore -------------------------------------------------------------------------
     def exercise(self, course: str, learner: str, exercise: str) -> ExerciseState:
         key = (course, learner, exercise)
-        if key not in self._exercises:  # not prefetched (an exercise left behind): one row
+        if key not in self._exercises:  # not prefetched (moved on meanwhile): one row
             self.load([(int(learner), int(exercise))])
-        return self._exercises[key][1]
+        state: ExerciseState = self._exercises[key].state
+        return state
 
     def learner(self, course: str, learner: str) -> LearnerState:
         key = (course, learner)
         if key not in self._learners:
             self.load_learner(int(learner))
-        return self._learners[key][1]
+        state: LearnerState = self._learners[key].state
+        return state
 
     def load_learner(self, learner_id: int) -> None:
         self._load_learners([learner_id])
 
     def _load_learners(self, learners: list[int]) -> None:
-        def rows(ids: list[int]) -> list[DetectionLearnerState]:
-            return list(
-                self.session.scalars(
-                    select(DetectionLearnerState)
+        table = DetectionLearnerState
+
+        def rows(ids: list[int]) -> list[Any]:
+            found: list[Any] = []
+            for start in range(0, len(ids), 1000):
+                found += self.session.execute(
+                    select(table.learner_id, table.state)
                     .where(
-                        DetectionLearnerState.course_id == self.course_id,
-                        DetectionLearnerState.learner_id.in_(ids),
+                        table.course_id == self.course_id,
+                        in_values(self.session, table.learner_id, ids[start : start + 1000]),
                     )
-                    .order_by(DetectionLearnerState.learner_id)
+                    .order_by(table.learner_id)
                     .with_for_update()
-                )
-            )
+                ).all()
+            return found
 
         found = rows(learners)
-        missing = sorted(set(learners) - {r.learner_id for r in found})
+        missing = sorted(set(learners) - {r[0] for r in found})
         if missing:
             now = utcnow()
             _ensure(
                 self.session,
-                DetectionLearnerState,
+                table,
                 [
                     {"course_id": self.course_id, "learner_id": lid, "state": {}, "updated_at": now}
                     for lid in missing
                 ],
             )
             found += rows(missing)
-        for lrow in found:
-            self._learners[(str(self.course_id), str(lrow.learner_id))] = (
-                lrow,
-                LearnerState.from_dict(lrow.state),
-            )
+        for lid, state in found:
+            key = (str(self.course_id), str(lid))
+            if key not in self._learners:
+                self._learners[key] = _Held(_learner_state(state), state or {})
 
     def save_exercise(self, course: str, learner: str, exercise: str, state: ExerciseState) -> None:
-        row, _ = self._exercises[(course, learner, exercise)]
-        self._exercises[(course, learner, exercise)] = (row, state)
+        self._exercises[(course, learner, exercise)].state = state
 
     def save_learner(self, course: str, learner: str, state: LearnerState) -> None:
-        row, _ = self._learners[(course, learner)]
-        self._learners[(course, learner)] = (row, state)
+        self._learners[(course, learner)].state = state
 
     def set_timer(self, key: Key, due: float | None) -> None:
         found = self._exercises.get(key)
         if found is not None:
-            found[0].due_at = due
+            found.due_at = due
 
     def due(self, now: float) -> list[Key]:
         out, self._due = self._due, []
@@ -272,80 +438,151 @@ class DbStore:
     # -- tick -------------------------------------------------------------------------------
     def load_due(self, now: float, limit: int) -> int:
         """Lock the rows whose timer is due (skipping rows another sweep holds)."""
-        rows = list(
-            self.session.scalars(
-                select(DetectionExerciseState)
-                .where(
-                    DetectionExerciseState.course_id == self.course_id,
-                    DetectionExerciseState.due_at <= now,
-                )
-                .order_by(DetectionExerciseState.learner_id, DetectionExerciseState.exercise_id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        for erow in rows:
-            erow.due_at = None  # the engine sets the next one, if any
-            self._add_exercise_row(erow)
-            self._due.append((str(erow.course_id), str(erow.learner_id), str(erow.exercise_id)))
+        table = DetectionExerciseState
+        rows = self.session.execute(
+            select(table.learner_id, table.exercise_id, table.state, table.due_at)
+            .where(table.course_id == self.course_id, table.due_at <= now)
+            .order_by(table.learner_id, table.exercise_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for lid, eid, state, due in rows:
+            self._add_exercise_row(lid, eid, state, due)
+            key = (str(self.course_id), str(lid), str(eid))
+            self._exercises[key].due_at = None  # the engine sets the next one, if any
+            self._due.append(key)
         return len(rows)
 
     def flush(self) -> None:
-        now = utcnow()
-        for erow, state in self._exercises.values():
-            data = state.as_dict()
-            if data != erow.state:
-                erow.state, erow.updated_at = data, now
-        for lrow, lstate in self._learners.values():
-            data = lstate.as_dict()
-            if data != lrow.state:
-                lrow.state, lrow.updated_at = data, now
+        """Write back the rows the batch changed: one UPDATE per table."""
+        exercises: list[dict[str, Any]] = []
+        for (_, learner, exercise), held in self._exercises.items():
+            data = _state_dict(held.state)
+            if data != held.saved or held.due_at != held.saved_due:
+                exercises.append(
+                    {
+                        "learner_id": int(learner),
+                        "exercise_id": int(exercise),
+                        "state": data,
+                        "due_at": held.due_at,
+                    }
+                )
+                held.saved, held.saved_due = data, held.due_at
+        learners: list[dict[str, Any]] = []
+        for (_, learner), held in self._learners.items():
+            data = _state_dict(held.state)
+            if data != held.saved:
+                learners.append({"learner_id": int(learner), "state": data})
+                held.saved = data
+        if exercises and learners and self.session.get_bind().dialect.name == "postgresql":
+            self._flush_both(exercises, learners)  # one round trip
+            return
+        _bulk_update(
+            self.session,
+            DetectionExerciseState,
+            ("learner_id", "exercise_id"),
+            ("state", "due_at"),
+            exercises,
+            self.course_id,
+        )
+        _bulk_update(
+            self.session,
+            DetectionLearnerState,
+            ("learner_id",),
+            ("state",),
+            learners,
+            self.course_id,
+        )
+
+    def _flush_both(self, exercises: list[dict[str, Any]], learners: list[dict[str, Any]]) -> None:
+        self.session.execute(
+            text(
+                "WITH e AS (UPDATE detection_exercise_states AS t SET state = x.state, "
+                "due_at = x.due_at, updated_at = :now "
+                "FROM jsonb_to_recordset(CAST(:exercises AS jsonb)) "
+                "AS x(learner_id integer, exercise_id integer, state json, due_at float8) "
+                "WHERE t.course_id = :course AND t.learner_id = x.learner_id "
+                "AND t.exercise_id = x.exercise_id RETURNING 1), "
+                "l AS (UPDATE detection_learner_states AS t SET state = x.state, "
+                "updated_at = :now FROM jsonb_to_recordset(CAST(:learners AS jsonb)) "
+                "AS x(learner_id integer, state json) "
+                "WHERE t.course_id = :course AND t.learner_id = x.learner_id RETURNING 1) "
+                "SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM l)"
+            ),
+            {
+                "exercises": json.dumps(exercises, separators=(",", ":")),
+                "learners": json.dumps(learners, separators=(",", ":")),
+                "now": utcnow(),
+                "course": self.course_id,
+            },
+        )
+
+
+def _delta(new: Any, old: Any) -> Any:
+    """What a batch added to a peer-stats dict: numbers as differences, dicts per key; any
+    other value is simply the new one."""
+    if isinstance(new, dict):
+        old = old if isinstance(old, dict) else {}
+        out = {}
+        for key, value in new.items():
+            change = _delta(value, old.get(key))
+            if change is not None:
+                out[key] = change
+        return out or None
+    if isinstance(new, int | float) and not isinstance(new, bool):
+        base = old if isinstance(old, int | float) and not isinstance(old, bool) else 0
+        return (new - base) or None
+    return None if new == old else new
+
+
+def _merge(current: Any, delta: Any) -> Any:
+    """``current`` with ``delta`` (from ``_delta``) added."""
+    if isinstance(delta, dict):
+        base = dict(current) if isinstance(current, dict) else {}
+        for key, change in delta.items():
+            base[key] = _merge(base.get(key), change)
+        return base
+    if isinstance(delta, int | float) and not isinstance(delta, bool):
+        if isinstance(current, int | float) and not isinstance(current, bool):
+            return current + delta
+        return delta
+    return delta
 
 
 class DbPeers(PeerStats):
     """``PeerStats`` whose rows (per exercise, and course-wide under ``""``) come from
-    ``detection_peer_stats``, locked while the batch runs and written back by ``flush``."""
+    ``detection_peer_stats``.
+
+    They are read without a lock: every ingesting transaction of a course touches the
+    course-wide row, so holding it while the batch runs would serialise the course. What the
+    batch added is merged by ``merge`` just before commit, under a lock held only from there to
+    the commit (counts are summed, so concurrent batches never lose each other's updates)."""
 
     def __init__(self, session: Session, course_id: int) -> None:
         super().__init__()
         self.session = session
         self.course_id = course_id
-        self._rows: dict[str, tuple[DetectionPeerStats, ExerciseStats]] = {}
+        self._rows: dict[str, tuple[dict[str, Any], ExerciseStats]] = {}
+        self._stored: set[str] = set()  # keys that have a row
 
     def load(self, exercise_keys: Iterable[str]) -> None:
-        keys = sorted({"", *exercise_keys} - set(self._rows))  # "" (the course) sorts first
+        keys = sorted({"", *exercise_keys} - set(self._rows))
         if not keys:
             return
-
-        def rows(wanted: list[str]) -> list[DetectionPeerStats]:
-            return list(
-                self.session.scalars(
-                    select(DetectionPeerStats)
-                    .where(
-                        DetectionPeerStats.course_id == self.course_id,
-                        DetectionPeerStats.exercise_key.in_(wanted),
-                    )
-                    .order_by(DetectionPeerStats.exercise_key)
-                    .with_for_update()
+        table = DetectionPeerStats
+        found = {
+            key: stats
+            for key, stats in self.session.execute(
+                select(table.exercise_key, table.stats).where(
+                    table.course_id == self.course_id, table.exercise_key.in_(keys)
                 )
             )
-
-        found = rows(keys)
-        missing = sorted(set(keys) - {r.exercise_key for r in found})
-        if missing:
-            now = utcnow()
-            _ensure(
-                self.session,
-                DetectionPeerStats,
-                [
-                    {"course_id": self.course_id, "exercise_key": k, "stats": {}, "updated_at": now}
-                    for k in missing
-                ],
-            )
-            found += rows(missing)
-        for row in found:
-            stats = ExerciseStats.from_dict(row.stats) if row.stats else ExerciseStats()
-            self._rows[row.exercise_key] = (row, stats)
+        }
+        self._stored.update(found)
+        for key in keys:
+            saved = found.get(key) or {}
+            stats = ExerciseStats.from_dict(saved) if saved else ExerciseStats()
+            self._rows[key] = (saved, stats)
 
     def exercise(self, course: str, exercise: str) -> ExerciseStats:
         if exercise not in self._rows:
@@ -358,11 +595,61 @@ class DbPeers(PeerStats):
         return self._rows[""][1]
 
     def flush(self) -> None:
+        """(Kept for callers of the old interface: the work is done by ``merge``.)"""
+
+    def merge(self) -> None:
+        """Add what this batch changed to the stored rows. On PostgreSQL one UPDATE adds the
+        differences in the database (``lifeline_json_add``, migration 0008), so the rows are
+        locked only from that statement to the commit; elsewhere (SQLite, one process) the
+        rows are read, summed and written back."""
+        deltas: dict[str, Any] = {}
+        for key, (saved, stats) in self._rows.items():
+            change = _delta(stats.as_dict(), saved)
+            if change:
+                deltas[key] = change
+        if not deltas:
+            return
+        table = DetectionPeerStats
+        keys = sorted(deltas)
         now = utcnow()
-        for row, stats in self._rows.values():
-            data = stats.as_dict()
-            if data != row.stats:
-                row.stats, row.updated_at = data, now
+        empty = ExerciseStats().as_dict()
+        _ensure(
+            self.session,
+            table,
+            [
+                {"course_id": self.course_id, "exercise_key": k, "stats": empty, "updated_at": now}
+                for k in keys
+                if k not in self._stored
+            ],
+        )
+        self._stored.update(keys)
+        if self.session.get_bind().dialect.name == "postgresql":
+            rows = [{"exercise_key": k, "delta": deltas[k]} for k in keys]
+            self.session.execute(
+                text(
+                    "UPDATE detection_peer_stats AS t SET "
+                    "stats = CAST(lifeline_json_add(CAST(t.stats AS jsonb), x.delta) AS json), "
+                    "updated_at = :now "
+                    "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
+                    "AS x(exercise_key varchar(32), delta jsonb) "
+                    "WHERE t.course_id = :course AND t.exercise_key = x.exercise_key"
+                ),
+                {"rows": json.dumps(rows), "now": now, "course": self.course_id},
+            )
+            return
+        current = {
+            key: stats
+            for key, stats in self.session.execute(
+                select(table.exercise_key, table.stats)
+                .where(table.course_id == self.course_id, table.exercise_key.in_(keys))
+                .order_by(table.exercise_key)
+                .with_for_update()
+            )
+        }
+        merged = [
+            {"exercise_key": k, "stats": _merge(current.get(k) or empty, deltas[k])} for k in keys
+        ]
+        _bulk_update(self.session, table, ("exercise_key",), ("stats",), merged, self.course_id)
 
 
 # -- capacity ---------------------------------------------------------------------------------
@@ -414,14 +701,15 @@ def _engine(session: Session, course_id: int) -> tuple[Engine, DbStore, DbPeers,
     return Engine(book, store=store, peers=peers), store, peers, escalate
 
 
-def process_records(session: Session, records: Sequence[ActivityRecord]) -> list[Offer]:
+def process_records(session: Session, records: Sequence[StoredRecord]) -> list[Offer]:
     """Run the engine over a stored batch; returns the offers made.
 
-    The engine's state changes run in a savepoint: if detection fails, it is logged and rolled
-    back, and the events stay stored. Offers (and their events) are written after it, outside
-    any savepoint: the bus publishes a session's pending events on the first commit it sees,
-    and releasing a savepoint counts as one, before the rows are visible to anyone."""
-    by_course: dict[int, list[ActivityRecord]] = {}
+    The engine's state changes (and the batch's additions to the peer statistics, whose
+    lock is taken there and held only to the commit) run in a savepoint: if detection fails,
+    it is logged and rolled back, and the events stay stored. Offers (and their events) are
+    written after it, outside the savepoint (the bus publishes only on the outermost
+    commit)."""
+    by_course: dict[int, list[StoredRecord]] = {}
     for record in records:
         by_course.setdefault(record.course_id, []).append(record)
     made: list[Offer] = []
@@ -441,20 +729,28 @@ def process_records(session: Session, records: Sequence[ActivityRecord]) -> list
     return made
 
 
+def _merge_peers(session: Session, peers: DbPeers) -> None:
+    try:
+        with session.begin_nested():
+            peers.merge()
+    except Exception:
+        log.exception("peer statistics of course %s not updated", peers.course_id)
+
+
 def _run_batch(
-    session: Session, course_id: int, batch: list[ActivityRecord]
+    session: Session, course_id: int, batch: list[StoredRecord]
 ) -> tuple[list[Decision], bool]:
     engine, store, peers, escalate = _engine(session, course_id)
-    store.load((r.learner_id, r.exercise_id) for r in batch)
-    peers.load(str(r.exercise_id) for r in batch)
+    # With where each learner was before: ``Engine._left`` reads that when they move on.
+    store.load({(r.learner_id, r.exercise_id) for r in batch}, previous=True)
+    peers.load(store.loaded_exercises())
     slots = free_slots(session, course_id)
     course = str(course_id)
     decisions: list[Decision] = []
     for record in batch:
         decisions.extend(engine.process(course, record.as_event(), free_slots=slots))
     store.flush()
-    peers.flush()
-    session.flush()
+    peers.merge()
     return decisions, escalate
 
 
@@ -477,11 +773,11 @@ def tick(session: Session, now: dt.datetime | None = None) -> list[Offer]:
             continue
         decisions = engine.tick(now, free_slots=free_slots(session, course_id, now))
         store.flush()
-        peers.flush()
         for decision in decisions:
             offer = act(session, course_id, decision, escalate)
             if offer is not None:
                 made.append(offer)
+        _merge_peers(session, peers)
     return made
 
 

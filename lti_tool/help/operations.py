@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from ..courses import Course, Person
 from ..db import utcnow
+from ..lms.roster import enrolment_problem
 from ..tutors.models import Pool, Tutor
 from ..tutors.operations import active_sessions, course_pools, ensure_course_pool
 from . import events
@@ -157,6 +158,10 @@ def request_help(
     existing = active_request(session, learner.id, course.id)
     if existing is not None:
         return existing, False
+    # The LMS's roster says they left the course (NRPS, ``lms/roster.py``): no new requests.
+    refused = enrolment_problem(session, course, learner.id)
+    if refused is not None:
+        raise HelpError(403, refused)
     cfg = course_settings.load(session, course.id)
     new = check_new_request(new, cfg.skills)
     _check_limits(session, learner.id, course.id, cfg)

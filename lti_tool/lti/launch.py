@@ -21,6 +21,8 @@ from pylti1p3.exception import LtiException
 from pylti1p3.message_validators import get_validators
 from sqlalchemy.orm import Session
 
+from .custom import safe_custom
+from .custom import value as custom_param
 from .errors import ADMIN_HINT, RELAUNCH_HINT, LaunchError, bad_request, forbidden, unauthorized
 from .login import STATE_COOKIE_PREFIX, nonce_key, state_key
 from .platform_keys import PlatformKeys
@@ -66,13 +68,20 @@ class Launch:
     resource_link_title: str
     target_link_uri: str
     return_url: str
-    custom: dict[str, Any] = field(default_factory=dict)
+    custom: dict[str, str] = field(default_factory=dict)
     deep_linking: dict[str, Any] = field(default_factory=dict)
     claims: dict[str, Any] = field(default_factory=dict)
+    # A deployment id the registration had not seen, accepted because it trusts new ones:
+    # the launch view records it.
+    new_deployment: bool = False
 
     @property
     def is_deep_linking(self) -> bool:
         return self.message_type == DEEP_LINKING_REQUEST
+
+    def custom_value(self, name: str) -> str | None:
+        """A custom parameter (``lti/custom.py``): None if absent or an unresolved "$Var"."""
+        return custom_param(self.custom, name)
 
     def to_json(self) -> str:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -305,7 +314,7 @@ class LaunchValidator:
         deployment_id = claims.get(CLAIM + "deployment_id")
         if not isinstance(deployment_id, str) or not deployment_id:
             raise bad_request("missing_deployment_id", "The id_token has no deployment_id.")
-        if deployment_id not in registration.deployment_ids:
+        if not registration.knows_deployment(deployment_id):
             raise forbidden(
                 "unknown_deployment",
                 f"Deployment {deployment_id!r} of {registration.name!r} is not registered with "
@@ -362,7 +371,7 @@ class LaunchValidator:
                 "invalid_context", "The course id (context.id) is longer than 255 characters."
             )
         presentation = _obj(claims.get(CLAIM + "launch_presentation"))
-        custom = _obj(claims.get(CLAIM + "custom"))
+        custom = safe_custom(claims.get(CLAIM + "custom"))  # strings only, "$Var" dropped
         return Launch(
             launch_id=secrets.token_urlsafe(24),
             registration_id=registration.id,
@@ -388,6 +397,7 @@ class LaunchValidator:
             custom=custom,
             deep_linking=deep_linking,
             claims=claims,
+            new_deployment=deployment_id not in registration.deployment_ids,
         )
 
 

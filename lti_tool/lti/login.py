@@ -5,14 +5,20 @@ lti_message_hint, lti_deployment_id). We answer with a redirect to the platform'
 carrying a fresh ``state`` and ``nonce``. Both are kept in Redis for ``login_ttl`` seconds and
 consumed atomically by the launch; ``state`` is also set as a cookie, which binds the launch
 to the browser that started the login.
+
+When the platform offers LTI Platform Storage (``lti_storage_target``), the login also asks
+the browser to keep state and nonce in the platform's page, for browsers that refuse the
+cookie in the LMS's iframe: see ``platform_storage.py``, which this module only prepares.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import redis
@@ -22,6 +28,10 @@ from .errors import ADMIN_HINT, bad_request, forbidden
 from .registry import RegistrationCache, RegistrationInfo
 
 STATE_COOKIE_PREFIX = "lifeline-state-"
+STORAGE_TARGET_PARAM = "lti_storage_target"
+
+_FRAME_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def state_key(state: str) -> str:
@@ -32,12 +42,89 @@ def nonce_key(nonce: str) -> str:
     return "lifeline:nonce:" + nonce
 
 
+def state_storage_key(state: str) -> str:
+    """The platform storage key of a login's state (the name 1EdTech's reference uses)."""
+    return "lti_state_" + state
+
+
+def nonce_storage_key(nonce: str) -> str:
+    return "lti_nonce_" + nonce
+
+
+def platform_origin(auth_login_url: str) -> str | None:
+    """The origin that holds the platform's storage: that of its OIDC authorization endpoint
+    (the spec's rule), written as a browser writes ``MessageEvent.origin``."""
+    parts = urlsplit(auth_login_url)
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+        host += f":{port}"
+    return f"{parts.scheme}://{host}"
+
+
+@dataclass(frozen=True)
+class StorageTarget:
+    """Where a platform keeps its storage: a frame name (``_parent``: the window embedding
+    the tool) and the origin serving it, to which alone the tool posts data."""
+
+    frame: str
+    origin: str
+
+    def record(self) -> dict[str, str]:
+        return {"storage_target": self.frame, "storage_origin": self.origin}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> StorageTarget | None:
+        frame, origin = record.get("storage_target"), record.get("storage_origin")
+        if isinstance(frame, str) and isinstance(origin, str):
+            return cls(frame, origin)
+        return None
+
+
+@dataclass(frozen=True)
+class StorageLogin:
+    """What the login page puts into platform storage before it goes on to the platform."""
+
+    target: StorageTarget
+    state: str
+    nonce: str
+
+    @property
+    def state_key(self) -> str:
+        return state_storage_key(self.state)
+
+    @property
+    def nonce_key(self) -> str:
+        return nonce_storage_key(self.nonce)
+
+
 @dataclass(frozen=True)
 class LoginRedirect:
     url: str
     state: str
     cookie_name: str
     registration: RegistrationInfo
+    storage: StorageLogin | None = None  # set when the platform offers platform storage
+
+
+def _storage_target(params: Mapping[str, str], auth_login_url: str) -> StorageTarget | None:
+    frame = _param(params, STORAGE_TARGET_PARAM, required=False)
+    if not frame:
+        return None
+    if not _FRAME_NAME.fullmatch(frame):
+        raise bad_request(
+            "invalid_lti_storage_target",
+            f"The login request's {STORAGE_TARGET_PARAM!r} must be a frame name of at most 64 "
+            "letters, digits, '.', '_' or '-' (or '_parent').",
+            "This comes from the LMS's platform storage support; ask its administrator.",
+        )
+    origin = platform_origin(auth_login_url)
+    return None if origin is None else StorageTarget(frame, origin)
 
 
 def _param(params: Mapping[str, str], name: str, required: bool = True) -> str:
@@ -121,22 +208,25 @@ def begin_login(
             f"The registration of {registration.name!r} is {registration.status}.",
             "An administrator must approve it on Lifeline's admin page.",
         )
-    if deployment_id and deployment_id not in registration.deployment_ids:
+    if deployment_id and not registration.knows_deployment(deployment_id):
         raise forbidden(
             "unknown_deployment",
             f"Deployment {deployment_id!r} of {registration.name!r} is not registered.",
             ADMIN_HINT,
         )
 
+    storage = _storage_target(params, registration.auth_login_url)
+
     state = secrets.token_urlsafe(32)
     nonce = secrets.token_urlsafe(32)
-    record = json.dumps(
-        {
-            "nonce": nonce,
-            "registration_id": registration.id,
-            "target_link_uri": target_link_uri,
-        }
-    )
+    fields: dict[str, Any] = {
+        "nonce": nonce,
+        "registration_id": registration.id,
+        "target_link_uri": target_link_uri,
+    }
+    if storage is not None:  # the launch may then be bound through platform storage
+        fields.update(storage.record())
+    record = json.dumps(fields)
     pipe = redis_client.pipeline(transaction=False)
     pipe.set(state_key(state), record, ex=login_ttl)
     pipe.set(nonce_key(nonce), state, ex=login_ttl)
@@ -161,4 +251,5 @@ def begin_login(
         state=state,
         cookie_name=STATE_COOKIE_PREFIX + state,
         registration=registration,
+        storage=None if storage is None else StorageLogin(storage, state, nonce),
     )

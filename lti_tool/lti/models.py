@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..db import Base, UTCDateTime, utcnow
@@ -32,6 +32,12 @@ class Platform(Base):
     keyset_url: Mapped[str] = mapped_column(String(1000))
     token_audience: Mapped[str | None] = mapped_column(String(1000), default=None)
     status: Mapped[str] = mapped_column(String(20), default=PlatformStatus.ACTIVE.value)
+    # Trust any deployment of this registration: a deployment id Lifeline has not seen is
+    # recorded on its first launch. Dynamic registrations start with it on, because Canvas and
+    # Blackboard only create deployments when an admin installs the tool, after registering.
+    accept_new_deployments: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_launch_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from .models import Deployment, Platform, PlatformStatus
@@ -34,6 +35,7 @@ class RegistrationInfo:
     token_audience: str | None
     status: str
     deployment_ids: frozenset[str]
+    accept_new_deployments: bool = False
 
     @property
     def active(self) -> bool:
@@ -52,7 +54,12 @@ class RegistrationInfo:
             token_audience=platform.token_audience,
             status=platform.status,
             deployment_ids=frozenset(d.deployment_id for d in platform.deployments),
+            accept_new_deployments=platform.accept_new_deployments,
         )
+
+    def knows_deployment(self, deployment_id: str) -> bool:
+        """Whether a launch may use this deployment id (known, or new ones accepted)."""
+        return deployment_id in self.deployment_ids or self.accept_new_deployments
 
 
 def check_url(field: str, value: str) -> str:
@@ -90,6 +97,7 @@ def add_platform(
     deployment_ids: Iterable[str],
     token_audience: str | None = None,
     status: PlatformStatus = PlatformStatus.ACTIVE,
+    accept_new_deployments: bool = False,
 ) -> Platform:
     issuer = _check_text("issuer", issuer, 500)
     client_id = _check_text("client id", client_id, 255)
@@ -111,6 +119,7 @@ def add_platform(
         keyset_url=check_url("keyset URL", keyset_url),
         token_audience=token_audience or None,
         status=status.value,
+        accept_new_deployments=accept_new_deployments,
         deployments=[Deployment(deployment_id=d) for d in deployments],
     )
     session.add(platform)
@@ -127,6 +136,88 @@ def add_deployment(session: Session, platform: Platform, deployment_id: str) -> 
     platform.deployments.append(deployment)
     session.flush()
     return deployment
+
+
+def save_registration(
+    session: Session,
+    *,
+    name: str,
+    issuer: str,
+    client_id: str,
+    auth_login_url: str,
+    auth_token_url: str,
+    keyset_url: str,
+    deployment_ids: Iterable[str],
+    token_audience: str | None,
+    status: PlatformStatus,
+    accept_new_deployments: bool = True,
+) -> tuple[Platform, bool]:
+    """Store a dynamic registration; returns the platform and whether it is new.
+
+    A platform that registers the same (issuer, client_id) again (re-registration after a
+    change on its side) updates its endpoints and adds deployments, but keeps its name and
+    status: an admin who disabled it must not see it come back by itself.
+    """
+    issuer = _check_text("issuer", issuer, 500)
+    client_id = _check_text("client id", client_id, 255)
+    existing = session.scalars(
+        select(Platform)
+        .where(Platform.issuer == issuer, Platform.client_id == client_id)
+        .with_for_update()
+    ).first()
+    if existing is None:
+        return (
+            add_platform(
+                session,
+                name=name,
+                issuer=issuer,
+                client_id=client_id,
+                auth_login_url=auth_login_url,
+                auth_token_url=auth_token_url,
+                keyset_url=keyset_url,
+                deployment_ids=deployment_ids,
+                token_audience=token_audience,
+                status=status,
+                accept_new_deployments=accept_new_deployments,
+            ),
+            True,
+        )
+    existing.auth_login_url = check_url("auth login URL", auth_login_url)
+    existing.auth_token_url = check_url("token URL", auth_token_url)
+    existing.keyset_url = check_url("keyset URL", keyset_url)
+    existing.token_audience = token_audience or None
+    for deployment_id in sorted(set(deployment_ids)):
+        add_deployment(session, existing, deployment_id)
+    session.flush()
+    return existing, False
+
+
+def record_deployment(session: Session, platform_id: int, deployment_id: str) -> bool:
+    """Record a deployment first seen in a launch of a platform that accepts new ones.
+
+    Two first launches may race: the loser's insert fails inside its own savepoint and the
+    launch goes on. Returns whether this call added it."""
+    deployment_id = _check_text("deployment id", deployment_id, 255)
+    try:
+        with session.begin_nested():
+            session.add(Deployment(platform_id=platform_id, deployment_id=deployment_id))
+    except IntegrityError:
+        return False
+    return True
+
+
+def set_accept_new_deployments(session: Session, platform: Platform, accept: bool) -> Platform:
+    platform.accept_new_deployments = accept
+    session.flush()
+    return platform
+
+
+def set_status(session: Session, platform: Platform, status: PlatformStatus) -> Platform:
+    """Approve (active), disable or re-enable a registration. Launches see the change within
+    the registration cache's ttl; the caller clears its own process's cache at once."""
+    platform.status = status.value
+    session.flush()
+    return platform
 
 
 def list_platforms(session: Session) -> list[Platform]:

@@ -88,3 +88,40 @@ class ToolUrls:
     @property
     def redirect_uris(self) -> tuple[str, ...]:
         return (self.launch,)
+
+
+@dataclass(frozen=True)
+class ToolPlacement:
+    """Where an LMS shows Lifeline. ``name`` is Canvas's placement name (Dynamic Registration
+    uses the same names); ``where`` says in words where it appears, for the admin guides."""
+
+    name: str
+    message_type: str
+    text: str
+    where: str
+    # Shown in every course at once, or only once a teacher turns it on (Canvas's
+    # course navigation ``default: disabled``).
+    enabled_by_default: bool = True
+
+
+PLACEMENTS: tuple[ToolPlacement, ...] = (
+    ToolPlacement(
+        name="course_navigation",
+        message_type=MESSAGE_RESOURCE_LINK,
+        text=TOOL_NAME,
+        where="the course menu (learners: 'Get a tutor'; tutors: the live queue)",
+        enabled_by_default=False,
+    ),
+    ToolPlacement(
+        name="link_selection",
+        message_type=MESSAGE_DEEP_LINKING,
+        text=f"{TOOL_NAME} help",
+        where="'add an external tool' to a module or unit: places Lifeline on an exercise",
+    ),
+    ToolPlacement(
+        name="assignment_selection",
+        message_type=MESSAGE_DEEP_LINKING,
+        text=f"{TOOL_NAME} help",
+        where="an assignment's 'external tool' submission type: places Lifeline on it",
+    ),
+)

@@ -42,7 +42,19 @@ class DatabaseId(IntegerConverter):
 
 
 def init_web(app: Flask) -> None:
-    from . import activity, detection, instructor, learner, lti, offers, pages, streams, tutor
+    from . import (
+        activity,
+        admin,
+        detection,
+        instructor,
+        learner,
+        lti,
+        offers,
+        pages,
+        registration,
+        streams,
+        tutor,
+    )
 
     app.url_map.converters["int"] = DatabaseId  # before any blueprint adds its rules
     app.session_interface = IframeSessionInterface()
@@ -63,3 +75,5 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(offers.bp)  # live detection's offers to the learner
     app.register_blueprint(activity.api)  # xAPI, ProgSnap2, SDK: Basic / Bearer auth
     app.register_blueprint(activity.bp)  # the instructor's activity page
+    app.register_blueprint(registration.bp)  # LTI Dynamic Registration (/lti/register)
+    app.register_blueprint(admin.bp)  # Lifeline's own administrators (/admin)

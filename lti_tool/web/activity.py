@@ -12,23 +12,33 @@ For xAPI the 200 body stays what the spec says (the array of statement ids, ``nu
 item without a usable id); ``?detail=1`` answers ``{"ids", "results", "counts"}`` instead, and
 the ``X-Lifeline-Counts`` header always sums the statuses. A single statement (PUT, or POST
 of one object) is strict: 400 naming the field, 409 for a conflicting repeat.
+
+Where the items go depends on ``ingest_mode``. "stream" (production): the request is parsed
+and validated here, then accepted into the Redis stream in one round trip
+(``activity.pipeline.accept``: rate limit, repeats and conflicts, append) and answered at once;
+a new valid item is ``queued``, and the worker stores and evaluates it moments later. If
+Redis cannot take the request, it is stored here instead, as in "sync" mode, where every
+request stores and evaluates its items in its own transaction.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, abort, jsonify, redirect, render_template, request, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from ..activity import credentials, ingest, progsnap2, sdk, xapi
-from ..activity.credentials import SdkIdentity, SdkTokenError
-from ..activity.ingest import CONFLICT, INVALID, IngestError, Scope, StoreOutcome
-from ..activity.models import ActivityCredential
+from ..activity import credentials, ingest, pipeline, progsnap2, sdk, xapi
+from ..activity.credentials import CredentialInfo, SdkIdentity, SdkTokenError
+from ..activity.ingest import CONFLICT, INVALID, IngestError, Item, Scope, StoreOutcome
 from ..courses import Exercise
 from ..db import utcnow
 from ..launches import ActiveLaunch, load
@@ -38,6 +48,7 @@ from ..services import current_services
 from .auth import LaunchContext, launch_context
 from .transaction import db_session
 
+log = logging.getLogger(__name__)
 api = Blueprint("activity_api", __name__)
 bp = Blueprint("activity", __name__, url_prefix="/l/<launch_id>/course/activity")
 
@@ -144,7 +155,7 @@ def _check_batch(items: list[Any], what: str) -> None:
         )
 
 
-def _credential() -> ActivityCredential:
+def _credential() -> CredentialInfo:
     auth = request.authorization
     if auth is None or auth.type != "basic" or not auth.username or auth.password is None:
         raise IngestError(
@@ -152,25 +163,70 @@ def _credential() -> ActivityCredential:
             "Send the key and secret of one of this course's activity credentials "
             "(HTTP Basic); an instructor creates them on the course's Activity page.",
         )
-    found = credentials.authenticate(db_session(), auth.username, auth.password)
+    found = credentials.authenticate_cached(db_session, auth.username, auth.password)
     if found is None:
         raise IngestError(401, "Unknown or revoked credentials.")
-    _rate_limit(f"cred:{found.id}", ingest.LIMITS.per_credential_per_minute)
     return found
+
+
+def _too_many(limit: int, wait: int) -> IngestError:
+    return IngestError(
+        429,
+        f"More than {limit} requests in a minute for this credential: slow down and "
+        f"retry in {wait} s.",
+        retry_after=wait,
+    )
 
 
 def _rate_limit(bucket: str, limit: int) -> None:
     wait = ingest.rate_limited(current_services().redis, bucket, limit, time.time())
     if wait is not None:
-        raise IngestError(
-            429,
-            f"More than {limit} requests in a minute for this credential: slow down and "
-            f"retry in {wait} s.",
-            retry_after=wait,
-        )
+        raise _too_many(limit, wait)
 
 
-def _single(outcome: StoreOutcome) -> None:
+Outcome = StoreOutcome | pipeline.Accepted
+
+
+def _ingest(
+    scope: Scope,
+    source: str,
+    items: Sequence[Item],
+    *,
+    now: dt.datetime,
+    rate: tuple[str, int],
+    credential_id: int | None = None,
+    compare: Callable[[str], str] | None = None,
+    strict: bool = False,
+) -> Outcome:
+    """Accept the items into the stream ("stream" mode), or store them here ("sync" mode, or
+    when Redis cannot take them: losing events is worse than a slower request)."""
+    services = current_services()
+    if services.settings.ingest_mode == "stream":
+        try:
+            return pipeline.accept(
+                services.redis,
+                scope,
+                source,
+                items,
+                now=now,
+                rate=rate,
+                credential_id=credential_id,
+                strict=strict,
+            )
+        except pipeline.RateLimited as exc:
+            raise _too_many(rate[1], exc.retry_after) from None
+        except redis.RedisError:
+            log.warning("Redis cannot take activity: stored in the request", exc_info=True)
+    else:
+        _rate_limit(*rate)
+    db = db_session()
+    outcome = ingest.store(db, scope, source, items, compare=compare, now=now)
+    if credential_id is not None:
+        credentials.touch(db, [credential_id], now)
+    return outcome
+
+
+def _single(outcome: Outcome) -> None:
     """A lone statement / row / event is strict: invalid is a 400, a conflict a 409."""
     result = outcome.results[0]
     if result.status == INVALID:
@@ -179,11 +235,11 @@ def _single(outcome: StoreOutcome) -> None:
         raise IngestError(409, result.reason or "A different item has this id.", "id")
 
 
-def _counts_header(outcome: StoreOutcome) -> str:
+def _counts_header(outcome: Outcome) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(outcome.counts().items()))
 
 
-def _batch_json(outcome: StoreOutcome) -> Response:
+def _batch_json(outcome: Outcome) -> Response:
     response = jsonify(
         {"results": [r.as_json() for r in outcome.results], "counts": outcome.counts()}
     )
@@ -214,12 +270,12 @@ def post_statements() -> Response:
     body = _read_json()
     scope = Scope(credential.platform_id, credential.course_id)
     now = utcnow()
-    db = db_session()
+    options = _credential_options(credential)
     if isinstance(body, dict):
         item = xapi.parse_statement(body, 0, now)
         if item.invalid:
             raise IngestError(400, item.note or "Invalid statement.", item.invalid_field)
-        outcome = ingest.store(db, scope, "xapi", [item], compare=xapi.compare_stored, now=now)
+        outcome = _ingest(scope, "xapi", [item], now=now, strict=True, **options)
         _single(outcome)
         return jsonify([outcome.results[0].id])
     if not isinstance(body, list):
@@ -228,7 +284,7 @@ def post_statements() -> Response:
         )
     _check_batch(body, "statements")
     items = [xapi.parse_statement(s, i, now) for i, s in enumerate(body)]
-    outcome = ingest.store(db, scope, "xapi", items, compare=xapi.compare_stored, now=now)
+    outcome = _ingest(scope, "xapi", items, now=now, **options)
     ids = [r.id for r in outcome.results]
     if request.args.get("detail", "").lower() in {"1", "true", "yes"}:
         response = jsonify(
@@ -244,6 +300,14 @@ def post_statements() -> Response:
     return response
 
 
+def _credential_options(credential: CredentialInfo) -> dict[str, Any]:
+    return {
+        "rate": (f"cred:{credential.id}", ingest.LIMITS.per_credential_per_minute),
+        "credential_id": credential.id,
+        "compare": xapi.compare_stored,
+    }
+
+
 @api.put("/xapi/statements")
 def put_statement() -> Response:
     xapi.check_version(request.headers.get(xapi.VERSION_HEADER))
@@ -257,8 +321,8 @@ def put_statement() -> Response:
     if item.invalid:
         raise IngestError(400, item.note or "Invalid statement.", item.invalid_field)
     scope = Scope(credential.platform_id, credential.course_id)
-    outcome = ingest.store(
-        db_session(), scope, "xapi", [item], compare=xapi.compare_stored, now=now
+    outcome = _ingest(
+        scope, "xapi", [item], now=now, strict=True, **_credential_options(credential)
     )
     _single(outcome)
     response = Response(status=204)
@@ -275,20 +339,19 @@ def progsnap2_rows() -> Response:
     body = _read_json()
     scope = Scope(credential.platform_id, credential.course_id)
     now = utcnow()
-    db = db_session()
-    compare = progsnap2.compare_stored
+    options = {**_credential_options(credential), "compare": progsnap2.compare_stored}
     if isinstance(body, dict):
         item = progsnap2.parse_row(body, 0, now)
         if item.invalid:
             raise IngestError(400, item.note or "Invalid row.", item.invalid_field)
-        outcome = ingest.store(db, scope, progsnap2.SOURCE, [item], compare=compare, now=now)
+        outcome = _ingest(scope, progsnap2.SOURCE, [item], now=now, strict=True, **options)
         _single(outcome)
         return _batch_json(outcome)
     if not isinstance(body, list):
         raise IngestError(400, "The body must be an array of ProgSnap2 row objects.", "body")
     _check_batch(body, "rows")
     items = [progsnap2.parse_row(row, i, now) for i, row in enumerate(body)]
-    return _batch_json(ingest.store(db, scope, progsnap2.SOURCE, items, compare=compare, now=now))
+    return _batch_json(_ingest(scope, progsnap2.SOURCE, items, now=now, **options))
 
 
 # -- the page SDK ---------------------------------------------------------------------------------
@@ -320,9 +383,7 @@ def sdk_events() -> Response:
         return response
     body = _read_json()
     identity = _sdk_identity(body)
-    _rate_limit(
-        f"sdk:{identity.course_id}:{identity.learner_id}", ingest.LIMITS.per_learner_per_minute
-    )
+    rate = (f"sdk:{identity.course_id}:{identity.learner_id}", ingest.LIMITS.per_learner_per_minute)
     now = utcnow()
     single = False
     skew = sdk.clock_skew(None, now)
@@ -345,7 +406,7 @@ def sdk_events() -> Response:
     if single and items[0].invalid:
         raise IngestError(400, items[0].note or "Invalid event.", items[0].invalid_field)
     scope = Scope(identity.platform_id, identity.course_id)
-    outcome = ingest.store(db_session(), scope, sdk.SOURCE, items, now=now)
+    outcome = _ingest(scope, sdk.SOURCE, items, now=now, rate=rate, strict=single)
     if single:
         _single(outcome)
     return _batch_json(outcome)

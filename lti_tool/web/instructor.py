@@ -8,10 +8,12 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
+from .. import jobs
 from ..courses import Exercise, Person
 from ..help import queue
 from ..help import settings as course_settings
 from ..help.models import HelpRequest, HelpStatus
+from ..lms import endpoints as lms_endpoints
 from ..lti.roles import Audience
 from ..services import current_services
 from ..tutors import operations as tutors
@@ -59,6 +61,7 @@ def _settings_page(
         saved=saved,
         invite_link=invite_link,
         form=request.form if request.method == "POST" else None,
+        lms=lms_endpoints.status(db, ctx.course.id),
     )
 
 
@@ -76,7 +79,33 @@ def save_settings(launch_id: str) -> BaseResponse | tuple[str, int]:
         course_settings.save(db, ctx.course.id, request.form, {e.id for e in _exercises(ctx)})
     except course_settings.SettingsError as exc:
         return _settings_page(ctx, course_settings.load(db, ctx.course.id), error=str(exc)), 400
+    participation = request.form.get("report_participation", "")
+    if participation not in ("", "on"):
+        return _settings_page(
+            ctx,
+            course_settings.load(db, ctx.course.id),
+            error="Reporting to the gradebook is a checkbox: leave it ticked or unticked.",
+        ), 400
+    lms_endpoints.set_report_participation(db, ctx.course.id, participation == "on")
     return redirect(url_for(".settings_page", launch_id=launch_id, saved=1), code=303)
+
+
+@bp.post("/roster/sync")
+def sync_roster(launch_id: str) -> BaseResponse | tuple[str, int]:
+    """The "Sync roster now" button: a full roster sync, as a job (inline in the demo)."""
+    ctx = _context(launch_id)
+    db = db_session()
+    if not lms_endpoints.status(db, ctx.course.id).roster_available:
+        return _settings_page(
+            ctx,
+            course_settings.load(db, ctx.course.id),
+            error="The LMS has not offered this course's roster to Lifeline (Names and Role "
+            "Provisioning). Ask your LMS administrator to enable it for Lifeline, then open "
+            "Lifeline from the course again.",
+        ), 409
+    # Nothing of this request needs committing first: the job reads what launches stored.
+    current_services().jobs.enqueue(jobs.SYNC_ROSTER, ctx.course.id, True)
+    return redirect(url_for(".settings_page", launch_id=launch_id, roster="requested"), code=303)
 
 
 @bp.post("/invite")

@@ -16,18 +16,22 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
+from .. import jobs
 from ..courses import LaunchFacts, recent_launches, record_launch
 from ..db import utcnow
 from ..launches import ActiveLaunch, load, remember, store
-from ..lti import deep_linking, keys
+from ..lms import endpoints as lms_endpoints
+from ..lti import deep_linking, keys, platform_storage
 from ..lti.errors import LaunchError
 from ..lti.launch import Launch
 from ..lti.login import STATE_COOKIE_PREFIX, begin_login
 from ..lti.models import Platform
+from ..lti.registry import record_deployment
 from ..lti.roles import Audience
 from ..services import current_services
 from .cookies import delete_cookie, set_cookie
-from .errors import launch_error_response
+from .csrf import bind_forms_to_launch
+from .errors import launch_error_response, wants_json
 from .transaction import db_session
 
 bp = Blueprint("lti", __name__, url_prefix="/lti")
@@ -71,7 +75,20 @@ def login() -> BaseResponse:
         base_url=services.settings.base_url,
         login_ttl=services.settings.login_ttl,
     )
-    response = redirect(redirect_to.url, code=302)
+    response: BaseResponse
+    if redirect_to.storage is None:
+        response = redirect(redirect_to.url, code=302)
+    else:
+        # The platform offers storage: a page puts state and nonce there, then goes on to the
+        # platform. The cookie is still set; browsers that keep it need nothing else.
+        response = _no_store(
+            render_template(
+                "lti/storage_login.html",
+                auth_url=redirect_to.url,
+                storage=redirect_to.storage,
+                timeout_ms=platform_storage.MESSAGE_TIMEOUT_MS,
+            )
+        )
     set_cookie(
         response,
         redirect_to.cookie_name,
@@ -83,18 +100,18 @@ def login() -> BaseResponse:
 
 
 @bp.post("/launch")
+@bp.post("/launch/continue", endpoint="launch_continue")
 def launch() -> Response:
+    """The platform's form post with the id_token; also, when the state cookie did not come
+    back, our own pages' posts that bind the launch without it (``lti/platform_storage.py``):
+    the storage check (to /launch) and the continuation in a new window (/launch/continue)."""
     services = current_services()
     tx = db_session()
     state = request.form.get("state", "")
-    try:
-        validated = services.launches.validate(request.form, request.cookies, tx)
-    except LaunchError as exc:
-        _note_error(exc)
-        response = launch_error_response(exc)
-        if _STATE.fullmatch(state):  # never echo arbitrary text into a Set-Cookie name
-            delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
-        return response
+    outcome = _validate(tx, state)
+    if isinstance(outcome, Response):
+        return outcome
+    validated, url_bound = outcome
 
     facts = LaunchFacts(
         platform_id=validated.registration_id,
@@ -108,7 +125,18 @@ def launch() -> Response:
         resource_link_id=validated.resource_link_id,
         resource_link_title=validated.resource_link_title,
     )
+    # A registration that accepts new deployments: note this one on its first launch.
+    if validated.new_deployment and record_deployment(
+        tx, validated.registration_id, validated.deployment_id
+    ):
+        services.registrations.clear()
     record, written = record_launch(tx, facts)
+    if written and record.course_id is not None:  # (not repeated within the recent window)
+        lms_endpoints.readmit(tx, record.course_id, record.person_id)
+    # LMS services (roster, gradebook, custom ids): noted on the course; first roster sync.
+    sync_roster = record.course_id is not None and lms_endpoints.note_launch(
+        tx, record.course_id, validated
+    )
     if validated.audience is Audience.TUTOR and record.course_id is not None:
         _sign_in_lti_tutor(tx, record.person_id, record.course_id)
     else:
@@ -120,15 +148,88 @@ def launch() -> Response:
             .values(last_launch_at=utcnow())
         )
     tx.commit()
+    if sync_roster:
+        services.jobs.enqueue(jobs.SYNC_ROSTER, record.course_id)
     if written:
         recent_launches.put(facts, record)
     active = ActiveLaunch(validated, record)
     store(services.redis, active, services.settings.launch_ttl)
     session["launches"] = remember(list(session.get("launches", [])), validated.launch_id)
+    if url_bound:  # the session cookie will not come back either: the URL carries the launch
+        platform_storage.mark_url_bound(
+            services.redis, validated.launch_id, services.settings.launch_ttl
+        )
+        bind_forms_to_launch(validated.launch_id)
 
     response = render_landing(active)
     delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
     return response
+
+
+def _no_store(body: str, status: int = 200) -> Response:
+    """A page holding a login's state or a launch's tokens: never kept by any cache."""
+    response = Response(body, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _refused(exc: LaunchError, state: str) -> Response:
+    _note_error(exc)
+    response = launch_error_response(exc)
+    if _STATE.fullmatch(state):  # never echo arbitrary text into a Set-Cookie name
+        delete_cookie(response, STATE_COOKIE_PREFIX + state, path="/lti/")
+    return response
+
+
+def _validate(tx: Session, state: str) -> tuple[Launch, bool] | Response:
+    """The validated launch and whether only its URL binds it to the browser, or the page to
+    answer instead: a refusal, or a page that must first bind the launch in the browser."""
+    services = current_services()
+    form, fetch_site = request.form, request.headers.get("Sec-Fetch-Site")
+    try:
+        if request.endpoint == "lti.launch_continue":
+            platform_storage.take_continuation(services.redis, state, form, fetch_site)
+            cookies = platform_storage.bound_cookies(state)
+            return services.launches.validate(form, cookies, tx), False
+        return services.launches.validate(form, request.cookies, tx), False
+    except LaunchError as exc:
+        if exc.code != "state_not_bound" or not _STATE.fullmatch(state):
+            return _refused(exc, state)
+        unbound = exc  # a valid, fresh id_token whose state cookie did not come back
+    if platform_storage.CHECK_FIELD in form:  # the storage check page's post
+        try:
+            platform_storage.verify_storage_proof(services.redis, state, form, fetch_site)
+            cookies = platform_storage.bound_cookies(state)
+            return services.launches.validate(form, cookies, tx), True
+        except LaunchError as exc:
+            if exc.platform_id is None:  # the admin page shows the registration's last error
+                exc.platform_id = unbound.platform_id
+            return _refused(exc, state)
+    pending = None
+    if not wants_json():
+        ttl = min(services.settings.login_ttl, 600)
+        pending = platform_storage.pending_binding(services.redis, state, ttl)
+    if pending is None:
+        return _refused(unbound, state)
+    if pending.storage is not None:
+        return _no_store(
+            render_template(
+                "lti/storage_launch.html",
+                pending=pending,
+                id_token=form.get("id_token", ""),
+                timeout_ms=platform_storage.MESSAGE_TIMEOUT_MS,
+            )
+        )
+    _note_error(unbound)
+    return _no_store(
+        render_template(
+            "lti/cookies_blocked.html",
+            error=unbound,
+            pending=pending,
+            id_token=form.get("id_token", ""),
+        ),
+        status=unbound.status,
+    )
 
 
 def _sign_in_lti_tutor(tx: Session, person_id: int, course_id: int) -> None:
@@ -263,14 +364,19 @@ def _learner_landing_query() -> Select[Any]:
 
 
 def launch_for_browser(launch_id: str) -> ActiveLaunch:
-    """The launch ``launch_id``, if this browser made it; 403 / 401 otherwise."""
-    if launch_id not in session.get("launches", []):
+    """The launch ``launch_id``, if this browser made it (its session cookie names it, or the
+    launch was bound by platform storage, where the URL alone carries it); 403 / 401
+    otherwise."""
+    redis_client = current_services().redis
+    if launch_id not in session.get("launches", []) and not platform_storage.is_url_bound(
+        redis_client, launch_id
+    ):
         abort(
             403,
             description="This page belongs to a launch made in another browser or session. "
             "Open Lifeline from your course again.",
         )
-    active = load(current_services().redis, launch_id)
+    active = load(redis_client, launch_id)
     if active is None:
         abort(
             401,

@@ -1,0 +1,1 @@
+"""What Lifeline does with the LMS's services: roster sync (NRPS) and grade reports (AGS)."""
