@@ -242,10 +242,14 @@ def jobs_retry(job_ids: tuple[str, ...], retry_all: bool) -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 def demo(host: str, port: int) -> None:
     settings = demo_settings(host, port)
+    from .demo_lms import EXTENSION as DEMO_LMS
+    from .demo_lms.startup import ensure_demo_admin, startup_text
+
     database = Database(settings.database_url)
     upgrade(database.engine)
     with database.transaction() as session:
         tool_keys.ensure_key(session)
+        demo_admin = ensure_demo_admin(session, Path(settings.instance_path))
     database.dispose()
     app = create_app(settings)
     from .jobs import start_sweeper
@@ -257,10 +261,9 @@ def demo(host: str, port: int) -> None:
 
         start_thread(app.extensions[EXTENSION].db, app.extensions[EXTENSION].redis)
     click.echo(
-        f"\n  Lifeline demo running.\n"
-        f"  Demo LMS (launch as learner, instructor or tutor): {settings.base_url}/demo/\n"
-        f"  Tool JWKS: {settings.base_url}/lti/jwks\n"
-        f"  Data: {settings.instance_path}\n"
+        startup_text(
+            settings.base_url, app.extensions[DEMO_LMS], demo_admin, settings.instance_path
+        )
     )
     app.run(host=host, port=port, threaded=True, use_reloader=False)
 

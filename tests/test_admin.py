@@ -396,6 +396,7 @@ def test_every_admin_form_needs_the_csrf_token(app: Flask, admin: Browser) -> No
     for url, data in (
         (f"/admin/platforms/{pid}/status", {"action": "approve"}),
         (f"/admin/platforms/{pid}/deployments", {"deployment_id": "x"}),
+        (f"/admin/platforms/{pid}/new-deployments", {"accept": "no"}),
         ("/admin/settings/registration", {"registration_status": "active"}),
         ("/admin/logout", {}),
     ):

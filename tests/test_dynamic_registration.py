@@ -379,6 +379,8 @@ def test_missing_or_wrong_openid_configuration_parameter(client: FlaskClient, ap
         ("ftp://lms.example.edu/config", "not an absolute http(s) URL"),
         ("http://lms.example.edu/config", "must use https"),
         ("https://lms.example.edu/" + "x" * 2100, "too long"),
+        ("https://lms.example.edu:99999/config", "is not a valid URL"),
+        ("http://[::1/config", "is not a valid URL"),
     ):
         response = client.get("/lti/register", query_string={"openid_configuration": url})
         assert_problem(response, "invalid_openid_configuration", phrase)

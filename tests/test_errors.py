@@ -75,6 +75,10 @@ def test_405_is_a_friendly_page_with_allow(client: FlaskClient) -> None:
     assert 'data-status="405"' in response.get_data(as_text=True)
     assert set(response.headers["Allow"].replace(" ", "").split(",")) >= {"POST"}
     assert "GET" not in response.headers["Allow"]
+    # A reloaded or bookmarked launch says what to do, not "The method is not allowed".
+    page = response.get_data(as_text=True)
+    assert "Open Lifeline from your course" in page
+    assert "open Lifeline (or the exercise) again" in page
 
 
 def test_405_and_404_are_json_when_asked_for_even_on_post(client: FlaskClient) -> None:

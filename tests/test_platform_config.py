@@ -223,6 +223,13 @@ def test_a_base_url_that_is_not_https_is_refused(bad: str) -> None:
         check_base_url(bad)
 
 
+@pytest.mark.parametrize("bad", ["https://[lifeline.example.edu", "https://l.example.edu:99999"])
+def test_a_base_url_that_does_not_parse_is_a_usage_error_not_a_traceback(bad: str) -> None:
+    result = run("platform", "config", "moodle", "--base-url", bad)
+    assert result.exit_code == 2, result.output
+    assert "is not a valid URL" in result.output
+
+
 def test_plain_http_is_accepted_on_loopback_only() -> None:
     for ok in ("http://127.0.0.1:5000", "http://localhost:5000/", "https://l.example.edu/x/"):
         assert check_base_url(ok).base_url == ok.rstrip("/")

@@ -383,6 +383,12 @@ def test_no_cookie_and_no_storage_is_refused_with_a_new_window_offer(
     )
     assert parsed.forms["new-window-form"]["state"] == state
     assert redis_client.exists(state_key(state))  # the new window may still use it
+    # A browser that blocks cookies is routine: not the platform's "last error" on /admin.
+    from lti_tool.lti.models import Platform
+
+    with app.extensions["lifeline"].db.transaction() as session:
+        stored = session.get(Platform, platform.platform_id)
+        assert stored is not None and stored.last_error is None
     # A client asking for JSON gets the plain refusal.
     json_response = platform.post_launch(
         fresh(app), platform.sign(platform.claims(nonce)), state, headers=JSON

@@ -364,6 +364,8 @@ def test_bad_answers_from_the_platform_are_recorded_clearly(
     fails("answered 404 for the roster page")
     lms.next_override = "https://evil.example/steal"
     fails("is not on the LMS's own host")
+    lms.next_override = "http://[::1/steal"  # not a URL at all
+    fails("next page link on")
     lms.next_override = lms.nrps_url(CTX) + "?limit=2"  # a page linking back to itself
     fails("links back to a page it already sent")
     lms.next_override = None

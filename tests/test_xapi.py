@@ -864,6 +864,7 @@ def test_the_embedded_sqlite_database_ingests_too(tmp_path: Any) -> None:
     from lti_tool.config import Settings
     from lti_tool.courses import Course, LaunchFacts, record_launch
     from lti_tool.db import Database
+    from lti_tool.detection.models import DetectionExerciseState, DetectionPeerStats
     from lti_tool.lti.registry import add_platform
     from lti_tool.migrate import upgrade
 
@@ -919,6 +920,11 @@ def test_the_embedded_sqlite_database_ingests_too(tmp_path: Any) -> None:
                 select(ActivityRecord.kind).order_by(ActivityRecord.occurred_at)
             ).all()
             assert kinds == ["submit", "hint"]
+            # ... and evaluated: detection ran on SQLite too (a failure there is only logged).
+            [state] = session.scalars(select(DetectionExerciseState)).all()
+            assert state.state["failures"] == 1 and state.state["hints"] == 1
+            peers = {r.exercise_key: r.stats for r in session.scalars(select(DetectionPeerStats))}
+            assert peers[""]["submits"] == 1 and peers[""]["hinted"] == 1
     finally:
         app.extensions["lifeline"].db.dispose()
         database.dispose()

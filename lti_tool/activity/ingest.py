@@ -651,12 +651,17 @@ def store(
     *,
     compare: Callable[[str], str] | None = None,
     now: dt.datetime | None = None,
+    check_stored: bool = True,
 ) -> StoreOutcome:
     """Store a batch of parsed items of one source into the course ``scope``.
 
     ``compare(stored_body)`` gives the comparison text of a stored raw body (to tell a
     duplicate from a conflict); by default the body itself. Returns one result per item, in
-    order, and the records stored (already handed to ``after_store``).
+    order, and the records stored (already handed to ``after_store``). ``check_stored=False``
+    skips looking for repeats before inserting (the ingestion stream's items were checked
+    when accepted): a repeat is then found by the insert itself, and treated the same.
+    Detection ends by adding the batch to the course's peer statistics, whose rows then stay
+    locked until the commit: commit soon after.
     """
     now = now or utcnow()
     compare = compare or (lambda body: body)
@@ -673,7 +678,11 @@ def store(
         else:
             fresh.append(_as_conflict(item, "another statement of this batch has the same id"))
 
-    stored = _stored_bodies(session, scope, source, [i.external_id for i in fresh])
+    stored = (
+        _stored_bodies(session, scope, source, [i.external_id for i in fresh])
+        if check_stored
+        else {}
+    )
     new_items: list[Item] = []
     for item in fresh:
         body = stored.get(item.external_id)

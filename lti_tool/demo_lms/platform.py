@@ -146,15 +146,22 @@ class DemoPlatform:
         return {"keys": [self.jwk]}
 
     def login_params(
-        self, user: DemoUser, message_hint: str, storage: bool = True
+        self,
+        user: DemoUser,
+        message_hint: str,
+        storage: bool = True,
+        client_id: str = CLIENT_ID,
+        deployment_id: str = DEPLOYMENT_ID,
     ) -> dict[str, str]:
+        """``client_id``/``deployment_id``: the registration to launch through (by default
+        the one ``lifeline demo`` makes; a dynamically registered one otherwise)."""
         params = {
             "iss": self.issuer,
             "login_hint": user.key,
             "target_link_uri": self.launch_url,
             "lti_message_hint": message_hint,
-            "client_id": CLIENT_ID,
-            "lti_deployment_id": DEPLOYMENT_ID,
+            "client_id": client_id,
+            "lti_deployment_id": deployment_id,
         }
         if storage:  # the course page keeps platform storage in its STORAGE_FRAME
             params["lti_storage_target"] = STORAGE_FRAME
@@ -164,10 +171,12 @@ class DemoPlatform:
         self, user: DemoUser, nonce: str, hint: dict[str, Any], deep_link_data: str
     ) -> str:
         now = int(time.time())
+        client_id = str(hint.get("client_id") or CLIENT_ID)
+        deployment_id = str(hint.get("deployment_id") or DEPLOYMENT_ID)
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "aud": CLIENT_ID,
-            "azp": CLIENT_ID,
+            "aud": client_id,
+            "azp": client_id,
             "sub": user.sub,
             "iat": now,
             "exp": now + 300,
@@ -176,7 +185,7 @@ class DemoPlatform:
             "given_name": user.given_name,
             "family_name": user.family_name,
             "email": user.email,
-            CLAIM + "deployment_id": DEPLOYMENT_ID,
+            CLAIM + "deployment_id": deployment_id,
             CLAIM + "version": "1.3.0",
             CLAIM + "roles": list(user.roles),
             CLAIM + "target_link_uri": self.launch_url,

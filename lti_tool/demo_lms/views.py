@@ -1,10 +1,12 @@
-"""The demo LMS's pages: a course with two exercises, launch buttons, its OIDC endpoints, and
-the LTI Platform Storage its course page keeps for Lifeline (``?storage=0`` turns it off)."""
+"""The demo LMS's pages: a course with two exercises, launch buttons, its OIDC endpoints, the
+LTI Platform Storage its course page keeps for Lifeline (``?storage=0`` turns it off), and an
+LMS admin page that installs Lifeline by LTI Dynamic Registration (``registration.py``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from sqlalchemy.orm import Session
@@ -13,7 +15,17 @@ from ..lti.models import Platform
 from ..lti.registry import add_deployment, add_platform, find_by_issuer
 from ..services import current_services
 from . import demo_platform, demo_platforms
-from .platform import CLIENT_ID, COURSE, DEPLOYMENT_ID, EXERCISES, STORAGE_FRAME, USERS
+from . import registration as dynreg
+from .platform import (
+    CLIENT_ID,
+    COURSE,
+    DEPLOYMENT_ID,
+    EXERCISES,
+    STORAGE_FRAME,
+    USERS,
+    DemoPlatform,
+    origin_of,
+)
 
 bp = Blueprint("demo_lms", __name__, url_prefix="/demo")
 HINT_TTL = 600
@@ -75,6 +87,8 @@ def home() -> str:
         other_site=None if other is None else other.lms_url,
         storage=_storage_on(),
         storage_frame=STORAGE_FRAME,
+        tools=dynreg.tools(current_services().redis, platform),
+        default_client=CLIENT_ID,
     )
 
 
@@ -100,23 +114,40 @@ def start() -> str:
             title = item["title"]
     if exercise not in EXERCISES and not title:
         abort(400, description="Unknown demo exercise.")
+    platform = demo_platform()
+    deep_link = request.args.get("deep_link") == "1"
+    client_id, deployment_id = _client(platform, "" if deep_link else request.args.get("client"))
     hint = {
         "user": user.key,
         "exercise": placement or exercise,
         "title": title,
-        "deep_link": request.args.get("deep_link") == "1",
+        "deep_link": deep_link,
+        "client_id": client_id,
+        "deployment_id": deployment_id,
     }
     with current_services().db.transaction() as session:
         ensure_registered(session)
-    platform = demo_platform()
     hint_id = platform.new_hint_id()
     current_services().redis.set("demo-lms:hint:" + hint_id, json.dumps(hint), ex=HINT_TTL)
     return render_template(
         "lti/autopost.html",
         action=platform.base_url + "/lti/login",
-        fields=platform.login_params(user, hint_id, storage=_storage_on()),
+        fields=platform.login_params(
+            user, hint_id, _storage_on(), client_id=client_id, deployment_id=deployment_id
+        ),
         message="Opening Lifeline…",
     )
+
+
+def _client(platform: DemoPlatform, client_id: str | None) -> tuple[str, str]:
+    """The registration a launch goes through: the one ``lifeline demo`` makes, or a tool
+    registered dynamically on the LMS admin page (``?client=``)."""
+    if not client_id or client_id == CLIENT_ID:
+        return CLIENT_ID, DEPLOYMENT_ID
+    tool = dynreg.find_tool(current_services().redis, platform, client_id)
+    if tool is None:
+        abort(400, description="Unknown registration: register Lifeline again (LMS admin page).")
+    return tool.client_id, tool.deployment_id
 
 
 def _auth_error(redirect_uri: str, state: str, error: str, description: str) -> str:
@@ -149,7 +180,6 @@ def auth() -> str | tuple[str, int]:
         "response_type": "id_token",
         "response_mode": "form_post",
         "prompt": "none",
-        "client_id": CLIENT_ID,
     }
     for name, expected in checks.items():
         if params.get(name) != expected:
@@ -163,6 +193,9 @@ def auth() -> str | tuple[str, int]:
     if user is None or raw_hint is None:
         return _auth_error(redirect_uri, state, "login_required", "the demo LMS session expired")
     hint = json.loads(raw_hint)
+    client_id = hint.get("client_id") or CLIENT_ID
+    if params.get("client_id") != client_id:
+        return _auth_error(redirect_uri, state, "invalid_request", f"client_id must be {client_id}")
     data = ""
     if hint.get("deep_link"):
         data = platform.new_data()
@@ -230,3 +263,81 @@ def deep_link_return() -> str | tuple[str, int]:
             current_services().redis.rpush(PLACEMENTS_KEY, json.dumps(entry))
             placed.append(entry)
     return render_template("demo_lms/placed.html", placed=placed)
+
+
+# -- the LMS's admin page: install Lifeline by LTI Dynamic Registration ---------------------
+
+
+def _lms_admin_page(error: str | None = None, registering: str | None = None) -> str:
+    platform = demo_platform()
+    return render_template(
+        "demo_lms/admin.html",
+        platform=platform,
+        tools=dynreg.tools(current_services().redis, platform),
+        tool_url=request.form.get("tool_url") or platform.base_url + "/lti/register",
+        lifeline_admin=platform.base_url + "/admin/",
+        error=error,
+        registering=registering,
+    )
+
+
+@bp.get("/lms-admin/")
+def lms_admin() -> str:
+    return _lms_admin_page()
+
+
+@bp.post("/lms-admin/register")
+def lms_admin_register() -> str | tuple[str, int]:
+    """Open the tool's registration URL in a frame, with this LMS's configuration URL and a
+    fresh registration token, as Canvas's or Moodle's "register a tool by URL" does."""
+    platform = demo_platform()
+    tool_url = request.form.get("tool_url", "").strip()
+    parts = urlsplit(tool_url)
+    if parts.scheme not in {"http", "https"} or origin_of(tool_url) != platform.tool_origin:
+        return _lms_admin_page(
+            f"The demo LMS can install only the Lifeline it runs with: give a URL on "
+            f"{platform.tool_origin}, such as {platform.base_url}/lti/register."
+        ), 400
+    token = dynreg.new_token(current_services().redis, platform)
+    query = urlencode(
+        {"openid_configuration": dynreg.configuration_url(platform), "registration_token": token}
+    )
+    return _lms_admin_page(registering=f"{tool_url}{'&' if parts.query else '?'}{query}")
+
+
+def _token_refused() -> tuple[Response, int]:
+    response = jsonify(
+        {
+            "error": "invalid_token",
+            "error_description": "the registration token is unknown, expired or already used",
+        }
+    )
+    response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return response, 401
+
+
+@bp.get("/registration/configuration")
+def registration_configuration() -> Response | tuple[Response, int]:
+    """The platform's OpenID configuration; like Canvas, only with the registration token."""
+    platform = demo_platform()
+    token = dynreg.bearer(request.headers.get("Authorization"))
+    if not dynreg.token_is_valid(current_services().redis, platform, token, consume=False):
+        return _token_refused()
+    return jsonify(dynreg.configuration(platform))
+
+
+@bp.post("/registration/register")
+def registration_register() -> tuple[Response, int]:
+    platform = demo_platform()
+    token = dynreg.bearer(request.headers.get("Authorization"))
+    if not dynreg.token_is_valid(current_services().redis, platform, token, consume=True):
+        return _token_refused()
+    if (request.content_length or 0) > dynreg.MAX_BODY:
+        return jsonify({"error": "invalid_client_metadata", "error_description": "too large"}), 400
+    try:
+        answer = dynreg.register_tool(
+            current_services().redis, platform, request.get_json(silent=True)
+        )
+    except dynreg.RegistrationRefused as exc:
+        return jsonify({"error": "invalid_client_metadata", "error_description": str(exc)}), 400
+    return jsonify(answer), 200

@@ -272,6 +272,7 @@ class DbStore:
         learners = sorted({lid for lid, _ in pairs} - {int(k[1]) for k in self._learners})
         table = DetectionExerciseState
         postgres = self.session.get_bind().dialect.name == "postgresql"
+        known_missing = False  # these pairs were just looked for: they have no row yet
         if previous and not postgres and learners:
             pairs = sorted(set(pairs) | self.previous_exercises(learners))
         elif previous and pairs:
@@ -285,8 +286,6 @@ class DbStore:
                     self._load_learners(learners)
                 return
             known_missing = True
-        else:
-            known_missing = False
 
         def exercise_rows(keys: list[tuple[int, int]]) -> list[Any]:
             found: list[Any] = []
@@ -704,11 +703,11 @@ def _engine(session: Session, course_id: int) -> tuple[Engine, DbStore, DbPeers,
 def process_records(session: Session, records: Sequence[StoredRecord]) -> list[Offer]:
     """Run the engine over a stored batch; returns the offers made.
 
-    The engine's state changes (and the batch's additions to the peer statistics, whose
-    lock is taken there and held only to the commit) run in a savepoint: if detection fails,
-    it is logged and rolled back, and the events stay stored. Offers (and their events) are
-    written after it, outside the savepoint (the bus publishes only on the outermost
-    commit)."""
+    The engine's state changes run in a savepoint: if detection fails, it is logged and rolled
+    back, and the events stay stored. Offers (and their events) are written after it, outside
+    the savepoint (the bus publishes only on the outermost commit). The batch's additions to
+    the peer statistics come last (one UPDATE): their rows stay locked only from there to
+    the commit that follows, which callers keep close (see ``ingest.store``)."""
     by_course: dict[int, list[StoredRecord]] = {}
     for record in records:
         by_course.setdefault(record.course_id, []).append(record)
@@ -716,7 +715,7 @@ def process_records(session: Session, records: Sequence[StoredRecord]) -> list[O
     for course_id, batch in sorted(by_course.items()):
         try:
             with session.begin_nested():
-                decisions, escalate = _run_batch(session, course_id, batch)
+                decisions, escalate, peers = _run_batch(session, course_id, batch)
         except Exception:
             log.exception(
                 "live detection failed for %d records of course %s", len(batch), course_id
@@ -726,6 +725,7 @@ def process_records(session: Session, records: Sequence[StoredRecord]) -> list[O
             offer = act(session, course_id, decision, escalate)
             if offer is not None:
                 made.append(offer)
+        _merge_peers(session, peers)
     return made
 
 
@@ -739,7 +739,7 @@ def _merge_peers(session: Session, peers: DbPeers) -> None:
 
 def _run_batch(
     session: Session, course_id: int, batch: list[StoredRecord]
-) -> tuple[list[Decision], bool]:
+) -> tuple[list[Decision], bool, DbPeers]:
     engine, store, peers, escalate = _engine(session, course_id)
     # With where each learner was before: ``Engine._left`` reads that when they move on.
     store.load({(r.learner_id, r.exercise_id) for r in batch}, previous=True)
@@ -750,8 +750,7 @@ def _run_batch(
     for record in batch:
         decisions.extend(engine.process(course, record.as_event(), free_slots=slots))
     store.flush()
-    peers.merge()
-    return decisions, escalate
+    return decisions, escalate, peers
 
 
 def tick(session: Session, now: dt.datetime | None = None) -> list[Offer]:

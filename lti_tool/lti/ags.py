@@ -119,7 +119,10 @@ def find_line_item(client: ServiceClient, lineitems_url: str, spec: LineItemSpec
             ):
                 return _lineitem_url(item["id"], lineitems_url)
         link = parse_links(reply.headers.get("Link")).get("next")
-        next_url = urljoin(next_url, link) if link else None
+        try:
+            next_url = urljoin(next_url, link) if link else None
+        except ValueError:  # not a URL at all: there is no next page to read
+            return None
         if next_url is not None and not same_origin(next_url, lineitems_url):
             return None
     return None
@@ -151,7 +154,11 @@ def create_line_item(client: ServiceClient, lineitems_url: str, spec: LineItemSp
 
 
 def _lineitem_url(item_id: str, lineitems_url: str) -> str:
-    url = check_service_url(urljoin(lineitems_url, item_id), "line item")
+    try:
+        joined = urljoin(lineitems_url, item_id)
+    except ValueError:  # "http://[::1": not a URL at all
+        raise ServiceError(f"The LMS's line item id {item_id[:200]!r} is not a URL.") from None
+    url = check_service_url(joined, "line item")
     if not same_origin(url, lineitems_url):
         raise ServiceError(
             f"The line item {redact(url)} is not on the LMS's own host ({redact(lineitems_url)})."

@@ -297,10 +297,19 @@ def _too_large(url: str, what: str) -> RegistrationProblem:
     )
 
 
+def _loads(body: bytes) -> Any:
+    """The JSON document in ``body``. Raises ValueError if it is not JSON, or if it escapes
+    an unpaired surrogate ("\\ud800"): no page, log line or database row can hold that
+    text, and a valid JSON text (RFC 8259) has none. RecursionError: nested too deep."""
+    document = json.loads(body.decode("utf-8"))
+    json.dumps(document, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError: ValueError
+    return document
+
+
 def _json(answer: HttpAnswer, url: str, what: str) -> Any:
     try:
-        return json.loads(answer.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        return _loads(answer.body)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
         raise _config_problem(
             f"{what}_not_json",
             f"{shown(url)} did not answer with JSON "
@@ -682,7 +691,7 @@ def error_excerpt(body: bytes) -> str:
     text = body[:20_000].decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json goes
         data = None
     if isinstance(data, dict):
         parts = [
@@ -802,8 +811,8 @@ def register(
             retry=answer.status >= 500 or answer.status == 429,
         )
     try:
-        document = json.loads(answer.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        document = _loads(answer.body)
+    except (ValueError, RecursionError):
         raise RegistrationProblem(
             "registration_not_json",
             ANSWER_TITLE,

@@ -314,6 +314,11 @@ class LaunchValidator:
         deployment_id = claims.get(CLAIM + "deployment_id")
         if not isinstance(deployment_id, str) or not deployment_id:
             raise bad_request("missing_deployment_id", "The id_token has no deployment_id.")
+        if len(deployment_id) > 255:  # what a deployment (and a course) row holds
+            raise bad_request(
+                "invalid_deployment_id",
+                "The id_token's deployment_id is longer than 255 characters.",
+            )
         if not registration.knows_deployment(deployment_id):
             raise forbidden(
                 "unknown_deployment",

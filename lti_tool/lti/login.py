@@ -144,7 +144,10 @@ def _param(params: Mapping[str, str], name: str, required: bool = True) -> str:
 
 
 def _same_site(url: str, base_url: str) -> bool:
-    target, base = urlsplit(url), urlsplit(base_url)
+    try:
+        target, base = urlsplit(url), urlsplit(base_url)
+    except ValueError:  # "http://[::1": not a URL at all, so not ours
+        return False
     return (target.scheme, target.netloc) == (base.scheme, base.netloc) and (
         target.path + "/"
     ).startswith(base.path.rstrip("/") + "/")

@@ -95,23 +95,37 @@ def with_limit(url: str, limit: int) -> str:
     return urlunsplit(parts._replace(query=urlencode([*query, ("limit", str(limit))])))
 
 
-def _text(value: Any, limit: int = 500) -> str:
+def _storable(value: Any) -> bool:
+    """Text PostgreSQL can hold: no NUL, and no unpaired surrogate (JSON may escape one,
+    ``"\\ud800"``, and it cannot be encoded as UTF-8)."""
     if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(value: Any, limit: int = 500) -> str:
+    if not _storable(value):
         return ""
-    return value.strip()[:limit]
+    return str(value).strip()[:limit]
 
 
 def parse_member(entry: Any) -> Member | None:
     if not isinstance(entry, dict):
         return None
     user_id = entry.get("user_id")
-    if not isinstance(user_id, str) or not user_id or len(user_id) > 255 or "\x00" in user_id:
+    if not isinstance(user_id, str) or not user_id or len(user_id) > 255:
+        return None
+    if not _storable(user_id):
         return None
     raw_roles = entry.get("roles")
     roles = tuple(
         r
         for r in (raw_roles if isinstance(raw_roles, list) else [])
-        if isinstance(r, str) and r and len(r) <= 300 and "\x00" not in r
+        if isinstance(r, str) and r and len(r) <= 300 and _storable(r)
     )[:50]
     status = _STATUSES.get(_text(entry.get("status"), 20).lower(), ACTIVE)
     email = _text(entry.get("email"), 320)
@@ -174,10 +188,15 @@ def fetch_roster(
             raise ServiceError(f"The roster at {redact(url)} has over {MAX_MEMBERS} members.")
         roster.pages += 1
         # Relative links are resolved against the page that carried them.
-        links = {
-            rel: urljoin(next_url, link)
-            for rel, link in parse_links(reply.headers.get("Link")).items()
-        }
+        links: dict[str, str] = {}
+        for rel, link in parse_links(reply.headers.get("Link")).items():
+            try:
+                links[rel] = urljoin(next_url, link)
+            except ValueError:  # "http://[::1": not a URL at all
+                if rel == "next":
+                    raise ServiceError(
+                        f"The roster's next page link on {redact(next_url)} is not a valid URL."
+                    ) from None
         if "differences" in links:
             found = links["differences"]
             if _followable(found, url):

@@ -46,7 +46,14 @@ def check_base_url(value: str) -> tc.ToolUrls:
     """Lifeline's public address as an LMS must reach it: https (plain http only on a
     loopback host, for trying things out), no query or fragment, no trailing slash."""
     value = value.strip()
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise BaseUrlError(
+            f"{value!r} is not a valid URL (check the host and the port); give Lifeline's "
+            "public address, such as https://lifeline.example.edu."
+        ) from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise BaseUrlError(
             f"{value!r} is not an absolute URL; give Lifeline's public address, such as "

@@ -101,7 +101,7 @@ class PlatformKeys:
             )
         try:
             document = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than json goes
             raise unauthorized(
                 "platform_keyset_invalid", f"The platform's keyset at {url} is not JSON."
             ) from None

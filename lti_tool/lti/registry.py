@@ -64,7 +64,11 @@ class RegistrationInfo:
 
 def check_url(field: str, value: str) -> str:
     """Platform endpoints must be https; plain http is accepted only on a loopback host."""
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise RegistrationError(f"{field} {value[:200]!r} is not a valid URL.") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise RegistrationError(f"{field} {value!r} is not an absolute http(s) URL.")
     if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
@@ -138,6 +142,32 @@ def add_deployment(session: Session, platform: Platform, deployment_id: str) -> 
     return deployment
 
 
+def _check_token_endpoint_is_its_own(
+    session: Session, issuer: str, token_url: str, token_audience: str | None
+) -> None:
+    """A registration may not use the token endpoint (or token audience) of a platform with
+    another issuer. Otherwise a platform registered dynamically could name another LMS's token
+    URL (and Lifeline's client id there): that LMS would issue Lifeline an access token, which
+    Lifeline would then send to the service URLs of the first platform's launches, handing it
+    a token to the other LMS's rosters and gradebook. Platforms of one issuer (Blackboard's
+    central issuer, Canvas cloud) share endpoints legitimately."""
+    endpoints = {token_url}
+    if token_audience:
+        endpoints.add(token_audience)
+    clash = session.scalars(
+        select(Platform).where(
+            Platform.issuer != issuer,
+            (Platform.auth_token_url.in_(endpoints)) | (Platform.token_audience.in_(endpoints)),
+        )
+    ).first()
+    if clash is not None:
+        raise RegistrationError(
+            f"The token endpoint {token_url!r} belongs to another registered platform "
+            f"({clash.name!r}, issuer {clash.issuer!r}); a platform must use its own. An "
+            "administrator can register it by hand if this is intended."
+        )
+
+
 def save_registration(
     session: Session,
     *,
@@ -156,10 +186,15 @@ def save_registration(
 
     A platform that registers the same (issuer, client_id) again (re-registration after a
     change on its side) updates its endpoints and adds deployments, but keeps its name and
-    status: an admin who disabled it must not see it come back by itself.
+    status: an admin who disabled it must not see it come back by itself. One exception: an
+    *active* platform whose keys, login or token endpoints move is ``pending`` again, so an
+    administrator approves the change. Whoever can serve a configuration from the issuer's
+    host (or a subdomain of it) and answer with an existing client id could otherwise point
+    an approved platform at keys of their own and sign launches as any of its users.
     """
     issuer = _check_text("issuer", issuer, 500)
     client_id = _check_text("client id", client_id, 255)
+    _check_token_endpoint_is_its_own(session, issuer, auth_token_url, token_audience)
     existing = session.scalars(
         select(Platform)
         .where(Platform.issuer == issuer, Platform.client_id == client_id)
@@ -182,10 +217,24 @@ def save_registration(
             ),
             True,
         )
+    before = (
+        existing.auth_login_url,
+        existing.auth_token_url,
+        existing.keyset_url,
+        existing.token_audience,
+    )
     existing.auth_login_url = check_url("auth login URL", auth_login_url)
     existing.auth_token_url = check_url("token URL", auth_token_url)
     existing.keyset_url = check_url("keyset URL", keyset_url)
     existing.token_audience = token_audience or None
+    after = (
+        existing.auth_login_url,
+        existing.auth_token_url,
+        existing.keyset_url,
+        existing.token_audience,
+    )
+    if after != before and existing.status == PlatformStatus.ACTIVE.value:
+        existing.status = PlatformStatus.PENDING.value
     for deployment_id in sorted(set(deployment_ids)):
         add_deployment(session, existing, deployment_id)
     session.flush()

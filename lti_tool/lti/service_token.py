@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +57,7 @@ MAX_TOKEN_LENGTH = 8192
 MAX_BODY = 8 * 1024 * 1024  # a roster page of a few thousand members fits many times over
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 CACHE_PREFIX = "lifeline:lti:token:"
+_BEARER = re.compile(r"[\x21-\x7e]+")  # visible ASCII: no space, no control character
 
 
 class ServiceError(Exception):
@@ -64,6 +66,9 @@ class ServiceError(Exception):
     later may help (timeouts, 5xx, 429) or not (a 4xx, a malformed answer)."""
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = False):
+        # Stored on the course (Text) and shown on pages: no NUL, no unpaired surrogate,
+        # whatever a platform's answer put into it (a line item id, a URL).
+        message = message.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
         super().__init__(message)
         self.message = message
         self.status = status
@@ -101,8 +106,11 @@ def check_service_url(url: Any, what: str) -> str:
 
 
 def same_origin(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+    try:
+        a, b = urlsplit(url), urlsplit(base)
+        return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+    except ValueError:  # an unparsable URL, or a port that is not a number: not the same
+        return False
 
 
 # -- one HTTP call, bounded --------------------------------------------------------------------
@@ -503,8 +511,17 @@ class AccessTokens:
             )
         answer = reply.json("access token response")
         token = answer.get("access_token") if isinstance(answer, dict) else None
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-            raise TokenError(f"The LMS's token endpoint {where} answered without an access_token.")
+        # Only what an Authorization header can carry (RFC 6750's b64token is a subset): any
+        # other character would fail every call that sends it, for as long as it is cached.
+        if (
+            not isinstance(token, str)
+            or not token
+            or len(token) > MAX_TOKEN_LENGTH
+            or not _BEARER.fullmatch(token)
+        ):
+            raise TokenError(
+                f"The LMS's token endpoint {where} answered without a usable access_token."
+            )
         token_type = answer.get("token_type", "bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise TokenError(

@@ -220,10 +220,11 @@ def _ingest(
     else:
         _rate_limit(*rate)
     db = db_session()
-    outcome = ingest.store(db, scope, source, items, compare=compare, now=now)
     if credential_id is not None:
         credentials.touch(db, [credential_id], now)
-    return outcome
+    # Last before the commit: storing ends by adding to the course's peer statistics, whose
+    # rows stay locked until the commit.
+    return ingest.store(db, scope, source, items, compare=compare, now=now)
 
 
 def _single(outcome: Outcome) -> None:

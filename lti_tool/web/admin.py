@@ -72,6 +72,17 @@ NOTICES = {
 }
 
 
+@bp.context_processor
+def _demo_admin() -> dict[str, str | None]:
+    """In ``lifeline demo``, the login page says which account the demo made (its password is
+    printed in the demo's terminal only, never on a page)."""
+    if not current_services().settings.demo_lms:
+        return {"demo_admin_email": None}
+    from ..demo_lms.startup import DEMO_ADMIN_EMAIL
+
+    return {"demo_admin_email": DEMO_ADMIN_EMAIL}
+
+
 def current_admin(db: Session) -> AdminAccount | None:
     token = request.cookies.get(COOKIE, "")
     return accounts.session_account(db, token) if token else None
@@ -192,7 +203,9 @@ def dashboard() -> BaseResponse | tuple[str, int]:
 
 
 def _platform(db: Session, platform_id: int) -> Platform:
-    platform = db.get(Platform, platform_id)
+    """The platform an action changes, locked until the request commits: two admins acting
+    at once (approve and disable) are serialised, and the second sees the first's result."""
+    platform = db.get(Platform, platform_id, with_for_update=True)
     if platform is None:
         abort(404, description=f"There is no platform #{platform_id}.")
     return platform

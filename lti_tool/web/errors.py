@@ -37,10 +37,24 @@ def launch_error_response(exc: LaunchError) -> Response:
     return error_response(exc.status, exc.code, exc.title, exc.detail, exc.hint)
 
 
+# Addresses only an LMS posts to. Opened in a tab (a reload, a bookmark, a copied frame
+# address) they would otherwise say only "The method is not allowed for the requested URL".
+_LMS_ONLY_PATHS = {"/lti/launch", "/lti/launch/continue"}
+_LMS_ONLY = (
+    "Open Lifeline from your course",
+    "This address receives the launch your LMS sends when you open Lifeline in a course; it "
+    "cannot be opened directly, bookmarked or reloaded.",
+    "Go back to your course in the LMS and open Lifeline (or the exercise) again.",
+)
+
+
 def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     code = (exc.name or "error").lower().replace(" ", "_")
-    response = error_response(status, code, exc.name or "Error", exc.description or "")
+    title, detail, hint = exc.name or "Error", exc.description or "", ""
+    if status == 405 and request.path in _LMS_ONLY_PATHS:
+        title, detail, hint = _LMS_ONLY
+    response = error_response(status, code, title, detail, hint)
     if status == 405 and exc.get_response().headers.get("Allow"):
         response.headers["Allow"] = exc.get_response().headers["Allow"]
     return response

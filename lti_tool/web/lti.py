@@ -220,7 +220,8 @@ def _validate(tx: Session, state: str) -> tuple[Launch, bool] | Response:
                 timeout_ms=platform_storage.MESSAGE_TIMEOUT_MS,
             )
         )
-    _note_error(unbound)
+    # Not noted as the platform's last error: a browser that blocks cookies is routine, not
+    # something the LMS's admin could fix, and the new window completes the launch.
     return _no_store(
         render_template(
             "lti/cookies_blocked.html",

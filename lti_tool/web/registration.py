@@ -72,26 +72,35 @@ def _problem_page(problem: dynreg.RegistrationProblem, handle: str | None = None
 
 
 def _over_start_limit() -> bool:
+    """Count one request that makes Lifeline contact a URL the visitor chose (opening the
+    page, pressing Register): START_LIMIT per address per START_WINDOW."""
     key = "lifeline:dynamic-registration-starts:" + (request.remote_addr or "unknown")[:64]
-    redis_client = current_services().redis
-    count = int(redis_client.incr(key))
-    if count == 1:
-        redis_client.expire(key, START_WINDOW)
-    return count > START_LIMIT
+    pipe = current_services().redis.pipeline()
+    pipe.incr(key)
+    pipe.ttl(key)
+    count, ttl = pipe.execute()
+    if int(ttl) < 0:  # new, or its expiry was lost (a process killed between the two)
+        current_services().redis.expire(key, START_WINDOW)
+    return int(count) > START_LIMIT
+
+
+def _too_many() -> Response:
+    problem = dynreg.RegistrationProblem(
+        "too_many_registrations",
+        "Too many registration attempts",
+        "This address opened Lifeline's registration page (or pressed Register) too often in "
+        "the last 10 minutes.",
+        "Wait 10 minutes, then start again from the LMS.",
+    )
+    problem.status = 429
+    return _problem_page(problem)
 
 
 @bp.get("/register")
 def start() -> Response:
     services = current_services()
     if _over_start_limit():
-        problem = dynreg.RegistrationProblem(
-            "too_many_registrations",
-            "Too many registration attempts",
-            "This address opened Lifeline's registration page too often in the last 10 minutes.",
-            "Wait 10 minutes, then start again from the LMS.",
-        )
-        problem.status = 429
-        return _problem_page(problem)
+        return _too_many()
     try:
         url, token = dynreg.check_start(
             request.args.get("openid_configuration", ""),
@@ -144,6 +153,10 @@ def _check_name(raw: str) -> str:
 @bp.post("/register/confirm")
 def confirm() -> Response | tuple[str, int]:
     services = current_services()
+    # Pressing Register posts to the platform, and a passing failure keeps the page usable:
+    # without counting presses too, one page could make Lifeline post without end.
+    if _over_start_limit():
+        return _too_many()  # the handle stays good: Register works again after the wait
     handle = request.form.get("handle", "")
     raw = services.redis.getdel(_key(handle)) if _HANDLE.fullmatch(handle) else None
     if raw is None:  # single use: a second press (or a forged form) finds nothing
