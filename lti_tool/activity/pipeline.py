@@ -418,6 +418,23 @@ def accept(
 
 
 _scripts: dict[int, Any] = {}
+_tries_scripts: dict[int, Any] = {}
+
+# HINCRBY of every entry read (ARGV) in TRIES (KEYS[1]); the new counts, in order.
+TRIES_SCRIPT = """
+local counts = {}
+for i, entry_id in ipairs(ARGV) do
+  counts[i] = redis.call('HINCRBY', KEYS[1], entry_id, 1)
+end
+return counts
+"""
+
+
+def _tries_script(client: redis.Redis) -> Any:
+    found = _tries_scripts.get(id(client))
+    if found is None or found[0] is not client:
+        found = _tries_scripts[id(client)] = (client, client.register_script(TRIES_SCRIPT))
+    return found[1]
 
 
 def _script(client: redis.Redis) -> Any:
@@ -685,10 +702,15 @@ class Consumer:
 
     # -- storing ----------------------------------------------------------------------------
     def _count_tries(self, entry_ids: list[str]) -> list[int]:
-        pipe = self.client.pipeline(transaction=False)
-        for entry_id in entry_ids:
-            pipe.hincrby(TRIES, entry_id, 1)
-        return [int(n) for n in pipe.execute()]
+        if is_memory(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            for entry_id in entry_ids:
+                pipe.hincrby(TRIES, entry_id, 1)
+            return [int(n) for n in pipe.execute()]
+        # One command for the whole read (not one HINCRBY each): the same counts, a fraction
+        # of the client's and Redis's CPU when many single-statement entries come at once.
+        counted: Any = _tries_script(self.client)(keys=[TRIES], args=entry_ids)
+        return [int(n) for n in counted]
 
     def _store(self, decoded: list[Entry], attempt: int) -> str:
         """Store these entries in one transaction and acknowledge them. On failure they stay

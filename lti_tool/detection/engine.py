@@ -14,6 +14,7 @@ exercise's rules and applies the policy (cooldown, daily limit, tutor capacity, 
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,12 +53,63 @@ class Decision:
     score: float | None = None  # the learned score at this point, when a model is loaded
 
 
+class _Selector:
+    """The rules of a plan that may fire for a state, found without evaluating the others.
+
+    Each rule's gates (``Rule.gates``: "unsolved and ``field >= bound``", any one of which must
+    hold for it to fire) are indexed by field, sorted by bound: one ``getattr`` and one bisect
+    per field find every rule whose gate holds. Rules without gates are always candidates.
+    Candidates come back in the rules' order, so ties are broken as by evaluating them all.
+    """
+
+    __slots__ = ("always", "fields", "rules")
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        self.rules = rules
+        always: list[int] = []
+        by_field: dict[str, list[tuple[float, int]]] = {}
+        for i, rule in enumerate(rules):
+            gates = rule.gates()
+            if gates is None:
+                always.append(i)
+                continue
+            for name, bound in gates:
+                by_field.setdefault(name, []).append((bound, i))
+        self.always: tuple[Rule, ...] = tuple(rules[i] for i in always)
+        self.fields: tuple[tuple[str, list[float], tuple[int, ...], frozenset[int]], ...] = tuple(
+            (
+                name,
+                [bound for bound, _ in sorted(entries)],
+                tuple(i for _, i in sorted(entries)),
+                frozenset(always),
+            )
+            for name, entries in by_field.items()
+        )
+
+    def select(self, state: ExerciseState) -> tuple[Rule, ...] | list[Rule]:
+        if state.solved or not self.fields:
+            return self.always
+        picked: set[int] | None = None
+        for name, bounds, index, always in self.fields:
+            n = bisect_right(bounds, getattr(state, name))
+            if n:
+                if picked is None:
+                    picked = set(always)
+                picked.update(index[:n])
+        if picked is None:
+            return self.always
+        rules = self.rules
+        return [rules[i] for i in sorted(picked)]
+
+
 @dataclass(frozen=True)
 class _Plan:
     rules: tuple[Rule, ...]
     by_name: dict[str, Rule]
     time_rules: tuple[Rule, ...]
     time_triggers: tuple[Trigger, ...]
+    select: _Selector
+    time_select: _Selector
 
 
 RuleSource = RuleBook | Callable[[str], RuleBook]
@@ -84,15 +136,19 @@ class Engine:
         self.peers = peers if peers is not None else PeerStats()
         self.settings = settings or StateSettings()
         self.model = model
-        self._plans: dict[tuple[int, str], _Plan] = {}
 
     # -- rules -----------------------------------------------------------------------------
     def book(self, course: str) -> RuleBook:
         return self._rules if isinstance(self._rules, RuleBook) else self._rules(course)
 
     def _plan(self, book: RuleBook, exercise: str) -> _Plan:
-        key = (id(book), exercise)
-        plan = self._plans.get(key)
+        # Compiled once per rule book and exercise, kept on the book (books are cached per
+        # stored version by ``live.load_rules``, so every batch of a course shares them).
+        plans: dict[str, _Plan] | None = book.__dict__.get("_plans")
+        if plans is None:
+            plans = {}
+            object.__setattr__(book, "_plans", plans)
+        plan = plans.get(exercise)
         if plan is None:
             rules = book.for_exercise(exercise)
             time_rules = tuple(r for r in rules if r.time_based)
@@ -101,10 +157,12 @@ class Engine:
                 {r.name: r for r in rules},
                 time_rules,
                 tuple(t for r in time_rules for t in r.when.triggers() if t.time_based),
+                _Selector(rules),
+                _Selector(time_rules),
             )
-            if len(self._plans) > 100_000:
-                self._plans.clear()
-            self._plans[key] = plan
+            if len(plans) > 100_000:
+                plans.clear()
+            plans[exercise] = plan
         return plan
 
     # -- events ----------------------------------------------------------------------------
@@ -288,8 +346,13 @@ class Engine:
         event: ActivityEvent | None,
         free_slots: int | None,
     ) -> list[Decision]:
-        rules = plan.rules if event is not None else plan.time_rules
-        if not rules:
+        selector = plan.select if event is not None else plan.time_select
+        if not selector.rules:
+            return []
+        # Only the rules whose gates hold can fire; the others are not evaluated.
+        candidates = selector.select(state)
+        ladder = state.offer_rule is not None and not state.escalated and not state.solved
+        if not candidates and not ladder:
             return []
         ctx = Context(state, learner, self.peers.exercise(course, exercise), now, event)
         when = dt.datetime.fromtimestamp(now, dt.UTC)
@@ -314,7 +377,8 @@ class Engine:
             )
 
         # The ladder: an offer followed by more failures is escalated (once per offer).
-        if state.offer_rule is not None and not state.escalated and not state.solved:
+        if ladder:
+            assert state.offer_rule is not None
             offered = plan.by_name.get(state.offer_rule)
             if (
                 offered is not None
@@ -333,7 +397,7 @@ class Engine:
                 ]
 
         best: tuple[float, str, Rule] | None = None
-        for rule in rules:
+        for rule in candidates:
             fired = rule.fire(ctx)
             if fired is not None and (best is None or fired[0] > best[0]):
                 best = (fired[0], fired[1], rule)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .triggers import Context, Fired, RuleError, Trigger, build_trigger
+from .triggers import Context, Fired, Gate, RuleError, Trigger, build_trigger
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,79}$")
 
@@ -45,6 +45,10 @@ class Leaf:
 
     def triggers(self) -> Iterator[Trigger]:
         yield self.trigger
+
+    def gates(self) -> tuple[Gate, ...] | None:
+        gate = self.trigger.gate()
+        return None if gate is None else (gate,)
 
     def as_json(self) -> Any:
         return self.trigger.as_json()
@@ -67,6 +71,14 @@ class All:
         for child in self.children:
             yield from child.triggers()
 
+    def gates(self) -> tuple[Gate, ...] | None:
+        # Every child must fire: the gate of any one of them is a gate of the whole.
+        for child in self.children:
+            gates = child.gates()
+            if gates is not None:
+                return gates
+        return None
+
     def as_json(self) -> Any:
         return {"all": [c.as_json() for c in self.children]}
 
@@ -86,6 +98,16 @@ class Any_:
     def triggers(self) -> Iterator[Trigger]:
         for child in self.children:
             yield from child.triggers()
+
+    def gates(self) -> tuple[Gate, ...] | None:
+        # One child firing is enough: the node may fire when any child's gate holds.
+        out: list[Gate] = []
+        for child in self.children:
+            gates = child.gates()
+            if gates is None:
+                return None
+            out.extend(gates)
+        return tuple(out)
 
     def as_json(self) -> Any:
         return {"any": [c.as_json() for c in self.children]}
@@ -133,6 +155,12 @@ class Rule:
     @property
     def time_based(self) -> bool:
         return any(t.time_based for t in self.when.triggers())
+
+    def gates(self) -> tuple[Gate, ...] | None:
+        """Necessary conditions, any one of which must hold for the rule to fire: each
+        ``(field, bound)`` means "the exercise is unsolved and ``field >= bound``" (see
+        ``Trigger.gate``). None: no such condition is known, the rule is always evaluated."""
+        return self.when.gates()
 
     def fire(self, ctx: Context) -> tuple[float, str] | None:
         """Severity and reason if the rule holds now."""

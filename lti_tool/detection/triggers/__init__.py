@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Context, Fired, Params, RuleError, Threshold, Trigger
+from .base import Context, Fired, Gate, Params, RuleError, Threshold, Trigger
 from .consecutive_failures import ConsecutiveFailures
 from .hints import Hints
 from .no_progress import NoProgress
@@ -42,6 +42,7 @@ __all__ = [
     "KINDS",
     "Context",
     "Fired",
+    "Gate",
     "Params",
     "RuleError",
     "Threshold",

@@ -159,6 +159,12 @@ class Threshold:
             )
         return cls(peer_percentile=pct, fallback=fallback, min_peers=int(min_peers), floor=floor)
 
+    @property
+    def lower_bound(self) -> float:
+        """No value below this can reach the threshold, whatever the peers did (an absolute
+        threshold is its value; a peer threshold is never met below its floor)."""
+        return self.value if self.value is not None else self.floor
+
     def met(
         self, value: float, sketch: Sketch | None, scale: float = 1.0
     ) -> tuple[bool, float, str]:
@@ -190,6 +196,9 @@ class Threshold:
         }
 
 
+Gate = tuple[str, float]  # (an ExerciseState field, the least value it needs): see Trigger.gate
+
+
 class Trigger:
     """One kind of signal. Subclasses set ``kind`` and implement ``parse`` and ``check``."""
 
@@ -211,6 +220,16 @@ class Trigger:
 
     def due_at(self, state: ExerciseState) -> float | None:
         """When, without another event, this trigger could next fire (time-based kinds)."""
+        return None
+
+    def gate(self) -> Gate | None:
+        """A cheap necessary condition for ``check`` to fire, or None (always check).
+
+        ``(field, bound)`` promises: ``check`` returns None unless the exercise is unsolved and
+        ``getattr(state, field) >= bound``. The engine uses it to skip, in one comparison per
+        field, the rules that cannot fire on this event; it must never be wrong (a gate that
+        holds does not mean the trigger fires, only that it has to be checked).
+        """
         return None
 
     def as_json(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Context, Fired, Params, Threshold, Trigger, plural, strength
+from .base import Context, Fired, Gate, Params, Threshold, Trigger, plural, strength
 
 
 class ConsecutiveFailures(Trigger):
@@ -15,6 +15,9 @@ class ConsecutiveFailures(Trigger):
 
     def parse(self, params: Params) -> None:
         self.threshold = params.threshold("threshold", 3, minimum=1, integer=True)
+
+    def gate(self) -> Gate:
+        return ("consecutive_failures", max(self.threshold.lower_bound, 1))
 
     def check(self, ctx: Context) -> Fired | None:
         state = ctx.state

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Context, Fired, Params, RuleError, Threshold, Trigger, plural, strength
+from .base import Context, Fired, Gate, Params, RuleError, Threshold, Trigger, plural, strength
 
 
 class Hints(Trigger):
@@ -23,6 +23,12 @@ class Hints(Trigger):
                 f"trigger {self.kind!r}: give exactly one of the parameters 'at_least' or"
                 " 'none_after_failures'"
             )
+
+    def gate(self) -> Gate:
+        if self.at_least is not None:
+            return ("hints", self.at_least.lower_bound)
+        assert self.none_after_failures is not None
+        return ("failures", self.none_after_failures)
 
     def check(self, ctx: Context) -> Fired | None:
         state = ctx.state

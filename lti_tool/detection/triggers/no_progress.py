@@ -7,7 +7,7 @@ same code or nudging a character is not progress (wheel-spinning).
 
 from __future__ import annotations
 
-from .base import Context, Fired, Params, RuleError, Threshold, Trigger, plural, strength
+from .base import Context, Fired, Gate, Params, RuleError, Threshold, Trigger, plural, strength
 
 
 class NoProgress(Trigger):
@@ -27,6 +27,11 @@ class NoProgress(Trigger):
                 f"trigger {self.kind!r}: give at least one of the parameters 'attempts' or"
                 " 'minutes'"
             )
+
+    def gate(self) -> Gate:
+        if self.minutes is None and self.attempts is not None:
+            return ("attempts_since_progress", max(self.attempts.lower_bound, 1))
+        return ("attempts_since_progress", 1)
 
     def check(self, ctx: Context) -> Fired | None:
         state = ctx.state

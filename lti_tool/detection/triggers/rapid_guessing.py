@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .base import Context, Fired, Params, Trigger, strength
+from .base import Context, Fired, Gate, Params, Trigger, strength
 
 
 class RapidGuessing(Trigger):
@@ -16,6 +16,9 @@ class RapidGuessing(Trigger):
 
     def parse(self, params: Params) -> None:
         self.count = int(params.number("count", 3, minimum=2, integer=True))
+
+    def gate(self) -> Gate:
+        return ("rapid_streak", self.count)
 
     def check(self, ctx: Context) -> Fired | None:
         state = ctx.state

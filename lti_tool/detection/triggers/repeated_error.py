@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Context, Fired, Params, RuleError, Trigger, strength
+from .base import Context, Fired, Gate, Params, RuleError, Trigger, strength
 
 
 class RepeatedError(Trigger):
@@ -26,6 +26,11 @@ class RepeatedError(Trigger):
                 f"trigger {self.kind!r}: give at least one of the parameters"
                 " 'streak', 'eq' or 'red'"
             )
+
+    def gate(self) -> Gate:
+        if self.streak is not None and self.eq is None and self.red is None:
+            return ("same_error_streak", self.streak)
+        return ("attempts", 0)  # only "unsolved"
 
     def check(self, ctx: Context) -> Fired | None:
         state = ctx.state

@@ -6,7 +6,7 @@ Time-based: the engine asks ``due_at`` when to look again and checks it on ``Eng
 from __future__ import annotations
 
 from ..state import ExerciseState
-from .base import Context, Fired, Params, Trigger, plural
+from .base import Context, Fired, Gate, Params, Trigger, plural
 
 
 class SilentAfterFailure(Trigger):
@@ -20,6 +20,9 @@ class SilentAfterFailure(Trigger):
     def parse(self, params: Params) -> None:
         self.minutes = params.number("minutes", 10, minimum=0, exclusive_minimum=True)
         self.min_failures = int(params.number("min_failures", 1, minimum=1, integer=True))
+
+    def gate(self) -> Gate:
+        return ("failures", self.min_failures)
 
     def _armed(self, state: ExerciseState) -> bool:
         return (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Context, Fired, Params, Threshold, Trigger, plural, strength
+from .base import Context, Fired, Gate, Params, Threshold, Trigger, plural, strength
 
 
 class TimeOnExercise(Trigger):
@@ -21,6 +21,14 @@ class TimeOnExercise(Trigger):
             "minutes", {"peer_percentile": 90, "fallback": 20}, minimum=0
         )
         self.min_failures = int(params.number("min_failures", 1, minimum=0, integer=True))
+
+    def gate(self) -> Gate:
+        bound = self.minutes.lower_bound
+        if bound > 0:
+            # ``check`` compares active_seconds / 60 with the threshold; a hair lower in
+            # seconds, so that float rounding can never skip a trigger that would fire.
+            return ("active_seconds", bound * 60.0 * (1.0 - 1e-9))
+        return ("failures", self.min_failures)
 
     def check(self, ctx: Context) -> Fired | None:
         state = ctx.state
