@@ -20,6 +20,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from .services import AGS_CLAIM, AGS_SCOPES, NRPS_CLAIM, DemoServices
+
 LIS = "http://purl.imsglobal.org/vocab/lis/v2/"
 CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
 DL_CLAIM = "https://purl.imsglobal.org/spec/lti-dl/claim/"
@@ -116,6 +118,19 @@ class DemoPlatform:
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
         self.kid = "demo-" + jwk["n"][:12]
         self.jwk = {**jwk, "kid": self.kid, "alg": "RS256", "use": "sig"}
+        self.services = DemoServices()  # tokens and gradebook, in memory
+
+    @property
+    def token_url(self) -> str:
+        return self.issuer + "/token"
+
+    @property
+    def memberships_url(self) -> str:
+        return f"{self.issuer}/nrps/{COURSE['id']}/memberships"
+
+    @property
+    def lineitems_url(self) -> str:
+        return f"{self.issuer}/ags/{COURSE['id']}/lineitems"
 
     @property
     def launch_url(self) -> str:
@@ -137,7 +152,7 @@ class DemoPlatform:
             "issuer": self.issuer,
             "client_id": CLIENT_ID,
             "auth_login_url": self.issuer + "/auth",
-            "auth_token_url": self.issuer + "/token",
+            "auth_token_url": self.token_url,
             "keyset_url": self.issuer + "/jwks",
             "deployment_ids": [DEPLOYMENT_ID],
         }
@@ -201,6 +216,12 @@ class DemoPlatform:
                 "locale": "en",
             },
         }
+        if client_id == CLIENT_ID:  # the services are granted to the demo's own registration
+            claims[NRPS_CLAIM] = {
+                "context_memberships_url": self.memberships_url,
+                "service_versions": ["2.0"],
+            }
+            claims[AGS_CLAIM] = {"scope": list(AGS_SCOPES), "lineitems": self.lineitems_url}
         if hint.get("deep_link"):
             claims[CLAIM + "message_type"] = "LtiDeepLinkingRequest"
             claims[DL_CLAIM + "deep_linking_settings"] = {

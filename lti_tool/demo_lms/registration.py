@@ -63,8 +63,8 @@ def configuration(platform: DemoPlatform) -> dict[str, Any]:
         "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
-        # The demo LMS serves no roster or gradebook: it offers no service scopes, so the
-        # registration asks for none.
+        # The demo LMS grants its roster and gradebook only to the registration `lifeline
+        # demo` makes (services.py): dynamically registered tools get no service scopes.
         "scopes_supported": ["openid"],
         "claims_supported": ["sub", "iss", "name", "given_name", "family_name", "email"],
         PLATFORM_CONFIGURATION: {
@@ -147,7 +147,7 @@ def register_tool(redis: Redis, platform: DemoPlatform, body: Any) -> dict[str, 
     return {
         **body,
         "client_id": tool.client_id,
-        "scope": "",  # no service scopes granted: the demo LMS has no roster or gradebook
+        "scope": "",  # no service scopes: only `lifeline demo`'s registration gets them
         TOOL_CONFIGURATION: {**lti, "deployment_id": tool.deployment_id},
     }
 

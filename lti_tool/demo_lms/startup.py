@@ -87,6 +87,9 @@ def startup_text(base_url: str, platforms: DemoPlatforms, admin: DemoAdmin, data
         f"      {base_url}/admin/",
         f"      email {admin.email}   password {admin.password}",
         f"      (the password is kept in {admin.password_file})",
+        "  The course's gradebook (participation grades Lifeline posts by AGS, once an",
+        "  instructor turns them on in Lifeline's course settings):",
+        f"      {platforms.home.lms_url}/demo/gradebook",
         "  Install Lifeline by LTI Dynamic Registration, as an LMS admin would:",
         f"      {platforms.home.lms_url}/demo/lms-admin/  (Lifeline's registration URL: "
         f"{base_url}/lti/register)",

@@ -1,6 +1,8 @@
 """The demo LMS's pages: a course with two exercises, launch buttons, its OIDC endpoints, the
 LTI Platform Storage its course page keeps for Lifeline (``?storage=0`` turns it off), and an
-LMS admin page that installs Lifeline by LTI Dynamic Registration (``registration.py``)."""
+LMS admin page that installs Lifeline by LTI Dynamic Registration (``registration.py``), and
+the LTI Advantage services it grants the demo's own registration (``services.py``): a token
+endpoint, the course roster (NRPS), line items and scores (AGS) and a gradebook page."""
 
 from __future__ import annotations
 
@@ -24,7 +26,18 @@ from .platform import (
     STORAGE_FRAME,
     USERS,
     DemoPlatform,
+    DemoUser,
     origin_of,
+)
+from .services import (
+    LINEITEM_MEDIA,
+    LINEITEMS_MEDIA,
+    NRPS_MEDIA,
+    SCOPE_LINEITEM,
+    SCOPE_NRPS,
+    SCOPE_SCORE,
+    SCORE_MEDIA,
+    Refused,
 )
 
 bp = Blueprint("demo_lms", __name__, url_prefix="/demo")
@@ -216,9 +229,137 @@ def jwks() -> Response:
     return response
 
 
+def _refused(exc: Refused) -> tuple[Response, int]:
+    response = jsonify({"error": exc.error, "error_description": exc.description})
+    if exc.status == 401 and exc.error == "invalid_token":
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    response.headers["Cache-Control"] = "no-store"
+    return response, exc.status
+
+
 @bp.post("/token")
 def token() -> tuple[Response, int]:
-    return jsonify({"error": "unsupported_grant_type"}), 400
+    """OAuth 2 client credentials with a client assertion signed by Lifeline's key (only the
+    registration ``lifeline demo`` makes is granted services)."""
+    platform = demo_platform()
+    form = {k: v for k, v in request.form.items() if isinstance(v, str)}
+    try:
+        answer = platform.services.issue(form, _tool_jwks(), CLIENT_ID, platform.token_url)
+    except Refused as exc:
+        return _refused(exc)
+    response = jsonify(answer)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 200
+
+
+def _membership(user: DemoUser) -> dict[str, Any]:
+    return {
+        "status": "Active",
+        "user_id": user.sub,
+        "name": user.name,
+        "given_name": user.given_name,
+        "family_name": user.family_name,
+        "email": user.email,
+        "roles": list(user.roles),
+    }
+
+
+@bp.get("/nrps/<context_id>/memberships")
+def memberships(context_id: str) -> tuple[Response, int]:
+    """Names and Role Provisioning: the demo course's people, ``limit`` per page."""
+    platform = demo_platform()
+    try:
+        platform.services.check_bearer(request.headers.get("Authorization"), SCOPE_NRPS)
+    except Refused as exc:
+        return _refused(exc)
+    if context_id != COURSE["id"]:
+        return jsonify({"error": "not_found", "error_description": "no such course"}), 404
+    limit = request.args.get("limit", type=int) or 100
+    page = request.args.get("p", type=int) or 0
+    if limit < 1 or page < 0:
+        return jsonify({"error": "invalid_request", "error_description": "bad paging"}), 400
+    people = [_membership(user) for user in USERS.values()]
+    response = jsonify(
+        {
+            "id": platform.memberships_url,
+            "context": {k: COURSE[k] for k in ("id", "label", "title")},
+            "members": people[page * limit : (page + 1) * limit],
+        }
+    )
+    response.headers["Content-Type"] = NRPS_MEDIA
+    if (page + 1) * limit < len(people):
+        following = urlencode({"limit": limit, "p": page + 1})
+        response.headers["Link"] = f'<{platform.memberships_url}?{following}>; rel="next"'
+    return response, 200
+
+
+def _ags_guard(context_id: str, scope: str) -> tuple[Response, int] | None:
+    try:
+        demo_platform().services.check_bearer(request.headers.get("Authorization"), scope)
+    except Refused as exc:
+        return _refused(exc)
+    if context_id != COURSE["id"]:
+        return jsonify({"error": "not_found", "error_description": "no such course"}), 404
+    return None
+
+
+def _media(value: str | None) -> str:
+    return (value or "").split(";")[0].strip().lower()
+
+
+@bp.route("/ags/<context_id>/lineitems", methods=["GET", "POST"])
+def lineitems(context_id: str) -> tuple[Response, int]:
+    """Assignment and Grade Services: the course's line items (``?tag=``), or a new one."""
+    platform = demo_platform()
+    refused = _ags_guard(context_id, SCOPE_LINEITEM)
+    if refused is not None:
+        return refused
+    if request.method == "GET":
+        response = jsonify(platform.services.find_lineitems(request.args.get("tag")))
+        response.headers["Content-Type"] = LINEITEMS_MEDIA
+        return response, 200
+    if _media(request.content_type) != LINEITEM_MEDIA:
+        return jsonify({"error": "invalid_request", "error_description": "Content-Type"}), 415
+    try:
+        item = platform.services.add_lineitem(
+            request.get_json(force=True, silent=True), platform.lineitems_url
+        )
+    except Refused as exc:
+        return _refused(exc)
+    response = jsonify(item)
+    response.headers["Content-Type"] = LINEITEM_MEDIA
+    return response, 201
+
+
+@bp.post("/ags/<context_id>/lineitems/<int:number>/scores")
+def scores(context_id: str, number: int) -> tuple[Response, int]:
+    platform = demo_platform()
+    refused = _ags_guard(context_id, SCOPE_SCORE)
+    if refused is not None:
+        return refused
+    if _media(request.content_type) != SCORE_MEDIA:
+        return jsonify({"error": "invalid_request", "error_description": "Content-Type"}), 415
+    try:
+        platform.services.add_score(
+            f"{platform.lineitems_url}/{number}", request.get_json(force=True, silent=True)
+        )
+    except Refused as exc:
+        return _refused(exc)
+    return Response(status=204), 204
+
+
+@bp.get("/gradebook")
+def gradebook() -> str:
+    """The course's gradebook as the LMS shows it to the teacher (demo: to anyone)."""
+    platform = demo_platform()
+    names = {user.sub: user.name for user in USERS.values()}
+    return render_template(
+        "demo_lms/gradebook.html",
+        course=COURSE,
+        platform=platform,
+        items=platform.services.gradebook(),
+        names=names,
+    )
 
 
 def _tool_jwks() -> dict[str, Any]:
