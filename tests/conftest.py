@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from lti_tool import create_app
+from lti_tool import create_app, jobs
 from lti_tool.config import Settings
 from lti_tool.courses import recent_launches
 from lti_tool.db import Database
@@ -28,6 +28,7 @@ from lti_tool.lms import endpoints as lms_endpoints
 from lti_tool.migrate import upgrade
 from lti_tool.models_registry import metadata
 from lti_tool.web import lti as lti_views
+from tests.lms_services import LmsServices, start_lms, worker_context
 from tests.platform import JwksServer, TestPlatform
 
 # Each pytest process gets its own database and (mostly) its own Redis db, so several runs on
@@ -179,3 +180,18 @@ def platform(app: Flask, jwks_server: JwksServer) -> TestPlatform:
     lms = TestPlatform(jwks_server)
     lms.register(app)
     return lms
+
+
+# -- LMS services (NRPS, AGS, tokens): a fake LMS on 127.0.0.1 and an RQ worker's context -----
+
+
+@pytest.fixture
+def lms(app: Flask) -> Iterator[LmsServices]:
+    server = start_lms(app)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def worker(app: Flask, settings: Settings, redis_client: redis.Redis) -> jobs.JobContext:
+    return worker_context(settings, app.extensions["lifeline"].db, redis_client)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from lti_tool import jobs, tasks
 from lti_tool.config import Settings
 from lti_tool.db import Database, utcnow
 from lti_tool.help.models import CourseSettings, HelpRequest
-from lti_tool.lms import endpoints
 from lti_tool.lms.grades import GradeReportFailed
 from lti_tool.lms.models import CourseServices, GradeReport
 from lti_tool.lti.tool_config import SCOPE_AGS_LINEITEM, SCOPE_AGS_SCORE
@@ -33,8 +31,6 @@ from tests.lms_services import (
     register_platform,
     run_worker,
     service_claims,
-    start_lms,
-    worker_context,
 )
 from tests.platform import JwksServer, TestPlatform
 
@@ -55,28 +51,9 @@ def settings(settings: Settings) -> Settings:
     return settings.with_overrides(jobs_inline=False, http_timeout=2.0)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memo() -> Iterator[None]:
-    endpoints.recent.clear()
-    yield
-    endpoints.recent.clear()
-
-
-@pytest.fixture
-def lms(app: Flask) -> Iterator[LmsServices]:
-    server = start_lms(app)
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def platform(app: Flask, jwks_server: JwksServer, lms: LmsServices) -> TestPlatform:
     return register_platform(app, jwks_server, lms)
-
-
-@pytest.fixture
-def worker(app: Flask, settings: Settings, redis_client: redis.Redis) -> jobs.JobContext:
-    return worker_context(settings, app.extensions["lifeline"].db, redis_client)
 
 
 def _db(app: Flask) -> Database:

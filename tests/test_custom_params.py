@@ -3,7 +3,6 @@ back unresolved ("$Canvas.course.id") is absent; what Lifeline asks for is kept 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,6 @@ from tests.helpers import Actor, launch_as
 from tests.platform import CLAIM, TestPlatform
 
 CUSTOM = CLAIM + "custom"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memo() -> Iterator[None]:
-    endpoints.recent.clear()  # course ids restart with every test's database
-    yield
-    endpoints.recent.clear()
 
 
 def test_safe_custom_keeps_only_usable_strings() -> None:

@@ -25,7 +25,6 @@ from lti_tool.admin.settings import set_registration_status
 from lti_tool.config import Settings
 from lti_tool.courses import Person
 from lti_tool.db import Database
-from lti_tool.lms import endpoints
 from lti_tool.lms.models import CourseMember, CourseServices
 from lti_tool.lms.sync import RosterSyncFailed
 from lti_tool.lti import ags, nrps
@@ -47,8 +46,6 @@ from tests.lms_services import (
     register_platform,
     run_worker,
     service_claims,
-    start_lms,
-    worker_context,
 )
 from tests.platform import CLAIM, JwksServer, TestPlatform, drop
 from tests.registration_platform import RegistrationPlatform, RegistrationServer
@@ -69,13 +66,6 @@ def lms_server() -> Iterator[RegistrationServer]:
 def settings(settings: Settings) -> Settings:
     # Jobs go to Redis and a worker runs them (as in production); 2 roster members a page.
     return settings.with_overrides(http_timeout=TIMEOUT, jobs_inline=False, roster_page_size=2)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_memo() -> Iterator[None]:
-    endpoints.recent.clear()  # course ids restart with every test's database
-    yield
-    endpoints.recent.clear()
 
 
 def unique(prefix: str) -> str:
@@ -329,20 +319,8 @@ def test_a_login_with_an_unparsable_target_link_uri_is_a_400(
 
 
 @pytest.fixture
-def lms(app: Flask) -> Iterator[LmsServices]:
-    server = start_lms(app)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def services_platform(app: Flask, jwks_server: JwksServer, lms: LmsServices) -> TestPlatform:
     return register_platform(app, jwks_server, lms)
-
-
-@pytest.fixture
-def worker(app: Flask, settings: Settings, redis_client: redis.Redis) -> jobs.JobContext:
-    return worker_context(settings, app.extensions["lifeline"].db, redis_client)
 
 
 def _db(app: Flask) -> Database:

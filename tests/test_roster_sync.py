@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,6 @@ from lti_tool.config import Settings
 from lti_tool.courses import Course, Person
 from lti_tool.db import Database
 from lti_tool.help.models import HelpEvent, HelpRequest
-from lti_tool.lms import endpoints
 from lti_tool.lms.models import CourseMember, CourseServices
 from lti_tool.lms.sync import RosterSyncFailed
 from lti_tool.tutors.models import PoolMember, Tutor, TutorLink
@@ -38,8 +36,6 @@ from tests.lms_services import (
     register_platform,
     run_worker,
     service_claims,
-    start_lms,
-    worker_context,
 )
 from tests.platform import JwksServer, TestPlatform, drop
 
@@ -53,28 +49,9 @@ def settings(settings: Settings) -> Settings:
     return settings.with_overrides(jobs_inline=False, roster_page_size=2, http_timeout=1.0)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_memo() -> Iterator[None]:
-    endpoints.recent.clear()  # course ids restart with every test's database
-    yield
-    endpoints.recent.clear()
-
-
-@pytest.fixture
-def lms(app: Flask) -> Iterator[LmsServices]:
-    server = start_lms(app)
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def platform(app: Flask, jwks_server: JwksServer, lms: LmsServices) -> TestPlatform:
     return register_platform(app, jwks_server, lms)
-
-
-@pytest.fixture
-def worker(app: Flask, settings: Settings, redis_client: redis.Redis) -> jobs.JobContext:
-    return worker_context(settings, app.extensions["lifeline"].db, redis_client)
 
 
 def _db(app: Flask) -> Database:

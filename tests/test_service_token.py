@@ -10,7 +10,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -29,17 +28,10 @@ from lti_tool.lti.service_token import (
 )
 from lti_tool.lti.tool_config import SCOPE_AGS_LINEITEM, SCOPE_AGS_SCORE, SCOPE_NRPS
 from tests.conftest import REDIS_URL
-from tests.lms_services import NRPS_MEDIA, LmsServices, register_platform, start_lms
+from tests.lms_services import NRPS_MEDIA, LmsServices, register_platform
 from tests.platform import JwksServer, TestPlatform
 
 FAST = HttpPolicy(timeout=2.0, connect_timeout=1.0, attempts=3, backoff=0.05, max_backoff=0.2)
-
-
-@pytest.fixture
-def lms(app: Flask) -> Iterator[LmsServices]:
-    server = start_lms(app)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
