@@ -1104,3 +1104,27 @@ def test_hostile_values_inside_a_valid_statement_are_never_a_500(course: Course_
             headers=course.xapi(),
         )
         assert response.status_code < 500, response.get_data(as_text=True)[:300]
+
+
+def test_api_requests_neither_read_nor_set_the_session_cookie(app: Flask, course: Course_) -> None:
+    client = app.test_client()
+    with client.session_transaction() as session:  # a browser's cookie, signed by us
+        session["launches"] = ["some-launch"]
+        session.permanent = True  # refreshed on every page response
+    assert client.get_cookie("lifeline_session") is not None
+    ok = client.post("/xapi/statements", json=statement(success=True), headers=course.xapi())
+    refused = client.post(
+        "/xapi/statements", json=statement(), headers={**XAPI, **basic("nope", "nope")}
+    )
+    rows = client.post("/api/activity/progsnap2", json=[], headers=course.auth())
+    assert (ok.status_code, refused.status_code, rows.status_code) == (200, 401, 200)
+    for response in (ok, refused, rows):
+        assert "Set-Cookie" not in response.headers
+        assert "Cookie" not in response.headers.get("Vary", "")
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Referrer-Policy"] == "same-origin"
+        assert "frame-ancestors *" in response.headers["Content-Security-Policy"]
+        assert response.headers["Cache-Control"] == "no-store"
+    assert refused.get_json()["detail"] == "Unknown or revoked credentials."
+    page = client.get("/")  # pages still refresh the permanent session cookie
+    assert "lifeline_session=" in page.headers.get("Set-Cookie", "")

@@ -175,10 +175,15 @@ class Scope:
 # -- small helpers the parsers share ------------------------------------------------------------
 
 
+# ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``, with the
+# encoder built once instead of on every call (it keeps no state between calls).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+
+
 def canonical(value: Any) -> str:
     """JSON with sorted keys and ASCII escapes: equal content, equal text; no NUL byte or lone
     surrogate ever reaches the database (both are escaped)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _CANONICAL(value)
 
 
 def digest(text: str) -> str:

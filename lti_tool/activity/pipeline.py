@@ -192,6 +192,9 @@ class Entry:
     items: list[Item]
 
 
+_ENTRY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode  # built once
+
+
 def encode_entry(
     scope: Scope,
     source: str,
@@ -200,7 +203,7 @@ def encode_entry(
     items: Sequence[Item],
     digests: Sequence[str],
 ) -> str:
-    return json.dumps(
+    return _ENTRY_JSON(
         {
             "v": PAYLOAD_VERSION,
             "s": source,
@@ -209,9 +212,7 @@ def encode_entry(
             "k": credential_id,
             "t": received_at.isoformat(),
             "i": [_encode_item(i, d) for i, d in zip(items, digests, strict=True)],
-        },
-        separators=(",", ":"),
-        ensure_ascii=True,
+        }
     )
 
 
@@ -400,11 +401,19 @@ def accept(
             client, keys, digests, (rate_key, limit) if rate else None, payload, strict
         )
     else:
-        script = _script(client)
         answer = _text(
-            script(
-                keys=[rate_key or STREAM, STREAM, *keys],
-                args=[limit, ID_TTL, "1" if strict else "0", payload, *digests],
+            _evalsha(
+                client,
+                _script(client),
+                2 + len(keys),
+                rate_key or STREAM,
+                STREAM,
+                *keys,
+                limit,
+                ID_TTL,
+                "1" if strict else "0",
+                payload,
+                *digests,
             )
         ).split(" ")
         status = int(answer[0])
@@ -435,6 +444,16 @@ def _tries_script(client: redis.Redis) -> Any:
     if found is None or found[0] is not client:
         found = _tries_scripts[id(client)] = (client, client.register_script(TRIES_SCRIPT))
     return found[1]
+
+
+def _evalsha(client: redis.Redis, script: Any, numkeys: int, *keys_and_args: Any) -> Any:
+    """``script(keys=..., args=...)`` without redis-py's wrappers around it: one EVALSHA of the
+    preloaded script (loaded again if Redis lost it, e.g. after a restart or SCRIPT FLUSH)."""
+    try:
+        return client.evalsha(script.sha, numkeys, *keys_and_args)
+    except redis.exceptions.NoScriptError:
+        script.sha = client.script_load(script.script)
+        return client.evalsha(script.sha, numkeys, *keys_and_args)
 
 
 def _script(client: redis.Redis) -> Any:
