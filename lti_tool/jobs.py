@@ -573,3 +573,14 @@ def retry_failed(
         else:
             requeued.append(job_id)
     return requeued, missing
+
+
+def give_up() -> None:
+    """Called by a job about to fail for a reason retrying cannot fix (the LMS refused with a
+    4xx, a malformed answer): RQ records the failure at once instead of retrying it with
+    back-off. Outside an RQ job (inline mode, tests calling the task) it does nothing."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0

@@ -317,6 +317,29 @@ def test_a_platform_that_hangs_times_out_and_marks_nobody_as_gone(
     assert _statuses(app)["carol"] == "deleted" and _services(app).roster_error is None
 
 
+def test_a_refusal_is_not_retried_but_a_timeout_is(
+    app: Flask,
+    platform: TestPlatform,
+    lms: LmsServices,
+    redis_client: redis.Redis,
+    worker: jobs.JobContext,
+) -> None:
+    """RQ's back-off helps a platform that timed out, not one that said 403: the refused job
+    fails at once (and shows in `lifeline jobs failed`) instead of running four more times."""
+    _seed(lms)
+    ida = _launch(app, platform, lms, "instructor", "ida")
+    run_worker(worker)
+    lms.fail_next["/nrps"] = [(403, {})]
+    ida.post(f"/l/{ida.launch_id}/course/roster/sync", json=False)
+    [job] = Queue(jobs.QUEUE_NAME, connection=redis_client).get_jobs()
+    calls = len(lms.calls("/nrps"))
+    run_worker(worker)
+    assert len(lms.calls("/nrps")) == calls + 1  # asked once: a 403 is not retried
+    refused = Job.fetch(job.id, connection=redis_client)
+    assert refused.get_status() == JobStatus.FAILED and refused.retries_left == 0
+    assert "refused to share this course's roster (403)" in (_services(app).roster_error or "")
+
+
 def test_bad_answers_from_the_platform_are_recorded_clearly(
     app: Flask,
     platform: TestPlatform,

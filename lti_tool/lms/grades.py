@@ -253,6 +253,8 @@ def _report(context: jobs.JobContext, session: Session, request_id: int) -> dict
     except ServiceError as exc:
         _finish(session, request_id, FAILED, error=exc.message[:2000], lineitem_url=lineitem)
         log.warning("participation score for request %s not posted: %s", request_id, exc.message)
+        if not exc.retryable:
+            jobs.give_up()  # RQ's back-off will not change a refusal (the sweep still may)
         raise GradeReportFailed(exc.message) from None
     _finish(
         session, request_id, SENT, error=None, score_given=score.score_given, lineitem_url=lineitem

@@ -116,6 +116,8 @@ def _sync(
     except ServiceError as exc:
         _record_failure(session, course_id, exc.message)
         log.warning("roster sync of course %s failed: %s", course_id, exc.message)
+        if not exc.retryable:
+            jobs.give_up()  # a refusal or a malformed answer: retrying later will not help
         raise RosterSyncFailed(exc.message) from None
     except Exception as exc:
         _record_failure(
