@@ -127,6 +127,18 @@ def _ingest_mode(value: str) -> str:
     return value.lower()
 
 
+MAX_INGEST_PARTITIONS = 16
+
+
+def _ingest_partitions(value: int) -> int:
+    if value > MAX_INGEST_PARTITIONS:
+        raise ConfigError(
+            f"{PREFIX}INGEST_PARTITIONS={value} is more than {MAX_INGEST_PARTITIONS}: each "
+            "partition runs its own consumer process; use about one per core."
+        )
+    return value
+
+
 def _base_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
@@ -152,6 +164,13 @@ class Settings:
     # Activity ingestion: "stream" accepts requests into a Redis stream that the worker stores
     # and evaluates (activity/pipeline.py); "sync" stores and evaluates inside the request.
     ingest_mode: str = "stream"
+    # Stream mode: the stream is split into this many partitions by learner, each with its own
+    # consumer process in ``lifeline worker`` (one learner's events stay in order).
+    ingest_partitions: int = 2
+    # The xAPI fast path (web/fastpath.py): the ordinary successful POST / PUT of statements in
+    # stream mode is answered in plain WSGI, outside Flask (the same answer); off: every request
+    # goes through Flask.
+    xapi_fast_path: bool = True
     # How many reverse proxies sit in front of us (X-Forwarded-* headers are trusted that deep).
     proxy_count: int = 0
     # Clock skew allowed on id_token exp / iat, in seconds.
@@ -177,6 +196,12 @@ class Settings:
     smtp_url: str | None = field(default=None, repr=False)
     # The From address of those emails; defaults to lifeline@<host of base_url>.
     mail_from: str | None = None
+
+    @property
+    def stream_partitions(self) -> int:
+        """The partitions actually used: one on SQLite (the demo), where a second consumer
+        would only wait for the first one's write lock."""
+        return 1 if self.database_url.startswith("sqlite") else self.ingest_partitions
 
     @property
     def mail_sender(self) -> str:
@@ -214,6 +239,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         jobs_inline=_bool(env, "JOBS_INLINE", False),
         demo_lms=_bool(env, "DEMO_LMS", False),
         ingest_mode=_ingest_mode(_get(env, "INGEST_MODE") or "stream"),
+        xapi_fast_path=_bool(env, "XAPI_FAST_PATH", True),
+        ingest_partitions=_ingest_partitions(_int(env, "INGEST_PARTITIONS", 2, minimum=1)),
         proxy_count=_int(env, "PROXY_COUNT", 0),
         jwt_leeway=_int(env, "JWT_LEEWAY", 60),
         login_ttl=_int(env, "LOGIN_TTL", 600, minimum=30),

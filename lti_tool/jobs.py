@@ -415,7 +415,7 @@ def _reap(pids: list[int]) -> list[int]:
     return alive
 
 
-_ingest_consumer: Any = None  # activity.pipeline.ConsumerProcess of ``lifeline worker``
+_ingest_consumer: Any = None  # activity.pipeline.ConsumerProcesses of ``lifeline worker``
 
 
 def run_worker(
@@ -438,9 +438,14 @@ def run_worker(
             name=name,
             logging_level=logging_level,
         )
-    from .activity.pipeline import ConsumerProcess
+    from .activity.pipeline import ConsumerProcesses, partitions_in_use
 
-    _ingest_consumer = ConsumerProcess()
+    partitions = settings.stream_partitions
+    with contextlib.suppress(redis.RedisError):  # Redis down: its consumers wait for it anyway
+        probe = make_job_redis(settings.redis_url, REDIS_SOCKET_TIMEOUT)
+        partitions = partitions_in_use(probe, partitions)
+        probe.close()
+    _ingest_consumer = ConsumerProcesses(partitions)
     _ingest_consumer.start()
     try:
         return _run_rq_worker(

@@ -153,6 +153,9 @@ def settings(tmp_path: object) -> Settings:
         # Ingestion stores inside the request, so a test sees rows right after its POST; the
         # stream pipeline has its own tests (test_ingest_pipeline.py) with a real consumer.
         ingest_mode="sync",
+        # One stream partition: the pipeline tests drive partition 0's consumer; partitioned
+        # streams are tested on their own (test_ingest_partitions.py).
+        ingest_partitions=1,
         instance_path=str(tmp_path),
         testing=True,
     )

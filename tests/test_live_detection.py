@@ -431,3 +431,117 @@ def test_a_batch_loads_its_state_once_even_when_learners_move_between_exercises(
     for learner in learners:
         assert states[(learner, links[0])]["failures"] == 11
         assert states[(learner, links[1])]["struggle_counted"] is True  # left unsolved
+
+
+def test_a_batch_of_decisions_makes_the_same_offers_and_events_as_one_at_a_time(
+    app: Flask, course: Course_
+) -> None:
+    """``act_many`` (the consumer's batches) against ``act`` applied decision by decision:
+    a learner already in line gets nothing, an open offer on the same exercise is expired
+    and replaced, two decisions on one exercise in one batch replace each other, in order."""
+    from lti_tool.courses import Course, Person
+    from lti_tool.detection.engine import Decision
+    from lti_tool.help import operations as ops
+
+    db = app.extensions["lifeline"].db
+    alice, bob = course.people["alice"], course.people["bob"]
+    ex1, ex2 = course.exercises["link-1"], course.exercises["link-2"]
+    now = dt.datetime.now(dt.UTC)
+    with db.transaction() as session:
+        session.add(
+            Offer(
+                course_id=course.course_id,
+                learner_id=alice,
+                exercise_id=ex1,
+                rule="old",
+                level=1,
+                severity=0.2,
+                reason="earlier",
+                status="offered",
+                created_at=now,
+            )
+        )
+        ops.request_help(
+            session,
+            learner=session.get(Person, bob),
+            course=session.get(Course, course.course_id),
+            exercise_id=ex2,
+            new=ops.NewRequest(question="Stuck on the loop"),
+        )
+
+    def decision(learner: int, exercise: int, rule: str, severity: float) -> Decision:
+        return Decision(
+            str(course.course_id),
+            str(learner),
+            str(exercise),
+            rule,
+            "offer",
+            severity,
+            f"reason {rule}",
+            1,
+            now,
+        )
+
+    decisions = [
+        decision(alice, ex1, "r1", 0.5),  # replaces the earlier offer
+        decision(bob, ex1, "r2", 0.6),  # bob is in line: nothing
+        decision(alice, ex2, "r3", 0.7),
+        decision(alice, ex2, "r4", 0.8),  # replaces r3 in the same batch
+    ]
+
+    def outcome(batched: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        with db.engine.connect() as conn:
+            outer = conn.begin()
+            from sqlalchemy.orm import Session
+
+            session = Session(bind=conn)
+            try:
+                if batched:
+                    made = live.act_many(session, course.course_id, decisions, False)
+                else:
+                    made = [
+                        o
+                        for d in decisions
+                        if (o := live.act(session, course.course_id, d, False)) is not None
+                    ]
+                session.flush()
+                offers_ = [
+                    (o.learner_id, o.exercise_id, o.rule, o.level, o.severity, o.reason, o.status)
+                    for o in session.scalars(select(Offer).order_by(Offer.id))
+                ]
+                ids = {o.id: o.rule for o in session.scalars(select(Offer))}
+                events_ = [
+                    (
+                        e.kind,
+                        e.course_id,
+                        ids[e.data["offer_id"]],
+                        {k: v for k, v in e.data.items() if k != "offer_id"},
+                    )
+                    for e in session.scalars(
+                        select(HelpEvent)
+                        .where(HelpEvent.kind.like("offer.%"))
+                        .order_by(HelpEvent.id)
+                    )
+                ]
+                assert [o.rule for o in made] == ["r1", "r3", "r4"]
+                return offers_, events_
+            finally:
+                session.close()
+                outer.rollback()
+
+    one_by_one, batched = outcome(False), outcome(True)
+    assert batched == one_by_one
+    offers_, events_ = batched
+    assert [(o[2], o[6]) for o in offers_] == [
+        ("old", "expired"),
+        ("r1", "offered"),
+        ("r3", "expired"),
+        ("r4", "offered"),
+    ]
+    assert [(e[0], e[2]) for e in events_] == [
+        ("offer.expired", "old"),
+        ("offer.created", "r1"),
+        ("offer.created", "r3"),
+        ("offer.expired", "r3"),
+        ("offer.created", "r4"),
+    ]

@@ -195,13 +195,15 @@ def authenticate_cached(
 
 def touch(session: Session, credential_ids: Iterable[int], now: dt.datetime | None = None) -> None:
     """Note that these credentials were used (``last_used_at``, at most once a minute each):
-    one UPDATE, by whoever stores the events."""
+    one UPDATE, by whoever stores the events. Rows another transaction is touching are
+    skipped (it is noting the same use), so concurrent consumers never wait on each other
+    here, nor lock these rows in different orders."""
     ids = sorted(set(credential_ids))
     if not ids:
         return
     now = now or utcnow()
-    session.execute(
-        update(ActivityCredential)
+    due = (
+        select(ActivityCredential.id)
         .where(
             ActivityCredential.id.in_(ids),
             or_(
@@ -209,6 +211,12 @@ def touch(session: Session, credential_ids: Iterable[int], now: dt.datetime | No
                 ActivityCredential.last_used_at < now - LAST_USED_EVERY,
             ),
         )
+        .order_by(ActivityCredential.id)
+        .with_for_update(skip_locked=True)
+    )
+    session.execute(
+        update(ActivityCredential)
+        .where(ActivityCredential.id.in_(due.scalar_subquery()))
         .values(last_used_at=now)
     )
 

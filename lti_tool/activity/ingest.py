@@ -576,13 +576,14 @@ def _bulk_insert(
             f"{skip} RETURNING {returning[0]}, {returning[1]}"
         )
         payload = json.dumps(rows, default=_json_default, separators=(",", ":"))
-        return [(a, b) for a, b in session.execute(sql, {"rows": payload})]
+        # .all(): one fetch of every row (iterating a result fetches them one call at a time).
+        return [(a, b) for a, b in session.execute(sql, {"rows": payload}).all()]
     upsert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
     stmt = upsert(table)
     if conflict:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
     result = session.execute(stmt.returning(table.c[returning[0]], table.c[returning[1]]), rows)
-    return [(a, b) for a, b in result]
+    return [(a, b) for a, b in result.all()]
 
 
 def _insert_raw(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -65,7 +65,8 @@ class RawEvent(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    platform_id: Mapped[int] = mapped_column(ForeignKey("platforms.id", ondelete="CASCADE"))
+    # No key to platforms (migration 0009): the course's cascade deletes these rows.
+    platform_id: Mapped[int] = mapped_column(Integer)
     course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(20))  # xapi, progsnap2, sdk
     external_id: Mapped[str | None] = mapped_column(String(255), default=None)
@@ -85,13 +86,14 @@ class ActivityRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    platform_id: Mapped[int] = mapped_column(ForeignKey("platforms.id", ondelete="CASCADE"))
-    course_id: Mapped[int] = mapped_column(ForeignKey("courses.id", ondelete="CASCADE"))
+    # Only the keys that delete these rows (migration 0009): the exercise's cascade covers its
+    # course and platform; raw events are deleted only with their course. A key is a lookup per
+    # row, and the consumer writes thousands of rows a second.
+    platform_id: Mapped[int] = mapped_column(Integer)
+    course_id: Mapped[int] = mapped_column(Integer)
     exercise_id: Mapped[int] = mapped_column(ForeignKey("exercises.id", ondelete="CASCADE"))
     learner_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
-    raw_event_id: Mapped[int | None] = mapped_column(
-        ForeignKey("raw_events.id", ondelete="SET NULL"), default=None
-    )
+    raw_event_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     source: Mapped[str] = mapped_column(String(20))
     kind: Mapped[str] = mapped_column(String(20))
     correct: Mapped[bool | None] = mapped_column(Boolean, default=None)

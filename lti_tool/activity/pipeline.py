@@ -50,6 +50,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count
@@ -105,6 +106,7 @@ CLAIM_EVERY = 30.0  # seconds between sweeps for entries left pending by others
 CLAIM_IDLE_MS = 2 * LEASE_MS
 PAYLOAD_VERSION = 1
 STORED, FAILED, DB_DOWN = "stored", "failed", "database down"
+PARTITION_MARK = "@"  # a dead letter's stream id: "<entry id>@<partition>" (0: no mark)
 
 
 class RateLimited(Exception):
@@ -248,10 +250,13 @@ def decode_entry(stream_id: str, fields: dict[str, str]) -> Entry:
 
 # -- accepting (the web request) ------------------------------------------------------------------
 
-# KEYS: rate key, stream, then one id key per item; ARGV: rate limit (0: none), id ttl,
-# strict ("1": a single item that is not new is answered without being queued), the entry,
-# then one content digest per item. Returns "1 <verdicts> <entry id>" (queued), "0 <verdicts>"
-# (nothing new to queue) or "-1" (rate limited): one string, the cheapest reply to read.
+# KEYS: the rate key, then the stream of each group (G of them), then one id key per item
+# (group after group); ARGV: rate limit (0: none), id ttl, strict ("1": a single item that is
+# not new is answered without being queued), G, then per group its item count and its entry,
+# then one content digest per item. A group is the request's items of one partition: each is
+# appended to its own stream when one of its items is to be queued. Returns "1 <verdicts>
+# <entry id>[,<entry id>…]" (something queued), "0 <verdicts>" (nothing new) or "-1" (rate
+# limited): one string, the cheapest reply to read.
 ACCEPT_SCRIPT = """
 local limit = tonumber(ARGV[1])
 if limit > 0 then
@@ -260,31 +265,54 @@ if limit > 0 then
   if n > limit then return '-1' end
 end
 local ttl = tonumber(ARGV[2])
+local groups = tonumber(ARGV[4])
+local first_key = 2 + groups
+local first_digest = 5 + 2 * groups
 local verdicts = {}
-local queue = false
-for i = 3, #KEYS do
-  local want = ARGV[i + 2]
-  local have = redis.call('GET', KEYS[i])
-  if not have then
-    redis.call('SET', KEYS[i], want, 'EX', ttl)
-    verdicts[#verdicts + 1] = '0'
-    queue = true
-  elseif have == want then
-    verdicts[#verdicts + 1] = '1'
-  else
-    verdicts[#verdicts + 1] = '2'
-    if ARGV[3] ~= '1' then queue = true end
+local ids = {}
+local item = 0
+for g = 1, groups do
+  local size = tonumber(ARGV[3 + 2 * g])
+  local group_mask = {}
+  local queue = false
+  for _ = 1, size do
+    item = item + 1
+    local key = KEYS[first_key + item - 1]
+    local want = ARGV[first_digest + item - 1]
+    local have = redis.call('GET', key)
+    local verdict
+    if not have then
+      redis.call('SET', key, want, 'EX', ttl)
+      verdict = '0'
+      queue = true
+    elseif have == want then
+      verdict = '1'
+    else
+      verdict = '2'
+      if ARGV[3] ~= '1' then queue = true end
+    end
+    verdicts[item] = verdict
+    group_mask[#group_mask + 1] = verdict
+  end
+  if queue then
+    ids[#ids + 1] = redis.call(
+      'XADD', KEYS[1 + g], '*', 'd', ARGV[4 + 2 * g], 'm', table.concat(group_mask))
   end
 end
 local mask = table.concat(verdicts)
-if queue then
-  return '1 ' .. mask .. ' ' .. redis.call('XADD', KEYS[2], '*', 'd', ARGV[4], 'm', mask)
+if #ids > 0 then
+  return '1 ' .. mask .. ' ' .. table.concat(ids, ',')
 end
 return '0 ' .. mask
 """
 
 _memory_lock = threading.Lock()
-_memory_wake = threading.Event()
+_memory_wakes: dict[int, threading.Event] = {}
+
+
+def _memory_wake(partition: int) -> threading.Event:
+    """Wakes the in-process consumer of a partition (the stand-in cannot block on a read)."""
+    return _memory_wakes.setdefault(partition, threading.Event())
 
 
 def is_memory(client: redis.Redis) -> bool:
@@ -294,14 +322,14 @@ def is_memory(client: redis.Redis) -> bool:
 
 def _accept_in_python(
     client: redis.Redis,
-    keys: list[str],
-    digests: list[str],
+    groups: list[tuple[int, list[str], list[str], str]],
     rate: tuple[str, int] | None,
-    payload: str,
     strict: bool,
 ) -> tuple[int, str, str]:
     """``ACCEPT_SCRIPT`` for the in-process stand-in, atomic under a process lock (nothing
-    outside this process can reach that Redis)."""
+    outside this process can reach that Redis). ``groups``: (partition, id keys, digests,
+    entry) of each partition the request's items fall in."""
+    added: list[tuple[int, str]] = []
     with _memory_lock:
         if rate is not None:
             n = int(client.incr(rate[0]))
@@ -310,24 +338,62 @@ def _accept_in_python(
             if n > rate[1]:
                 return -1, "", ""
         verdicts = []
-        queue = False
-        for key, want in zip(keys, digests, strict=True):
-            have = client.get(key)
-            if have is None:
-                client.set(key, want, ex=ID_TTL)
-                verdicts.append(NEW)
-                queue = True
-            elif _text(have) == want:
-                verdicts.append(SAME)
-            else:
-                verdicts.append(DIFFERENT)
-                queue = queue or not strict
-        mask = "".join(verdicts)
-        if not queue:
-            return 0, mask, ""
-        entry_id = client.xadd(STREAM, {"d": payload, "m": mask})
-    _memory_wake.set()
-    return 1, mask, entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        for partition, keys, digests, payload in groups:
+            group_mask = []
+            queue = False
+            for key, want in zip(keys, digests, strict=True):
+                have = client.get(key)
+                if have is None:
+                    client.set(key, want, ex=ID_TTL)
+                    group_mask.append(NEW)
+                    queue = True
+                elif _text(have) == want:
+                    group_mask.append(SAME)
+                else:
+                    group_mask.append(DIFFERENT)
+                    queue = queue or not strict
+            verdicts.extend(group_mask)
+            if queue:
+                entry_id = client.xadd(
+                    stream_key(partition), {"d": payload, "m": "".join(group_mask)}
+                )
+                added.append((partition, _text(entry_id)))
+    for partition, _ in added:
+        _memory_wake(partition).set()
+    mask = "".join(verdicts)
+    if not added:
+        return 0, mask, ""
+    return 1, mask, ",".join(entry_id for _, entry_id in added)
+
+
+def stream_key(partition: int) -> str:
+    """Partition 0 is the stream's first name (one partition: as before partitions)."""
+    return STREAM if partition == 0 else f"{STREAM}:{partition}"
+
+
+def leader_key(partition: int) -> str:
+    return LEADER if partition == 0 else f"{LEADER}:{partition}"
+
+
+def tries_key(partition: int) -> str:
+    # Entry ids are unique within a stream only: each partition counts its own.
+    return TRIES if partition == 0 else f"{TRIES}:{partition}"
+
+
+def errors_key(partition: int) -> str:
+    return ERRORS if partition == 0 else f"{ERRORS}:{partition}"
+
+
+def partition_of(item: Item, partitions: int) -> int:
+    """Which partition an item goes to: by who did it, so one learner's events stay in one
+    stream, in order (an actor named two ways, e.g. by account and by email, may land in two:
+    their events are then stored in arrival order per partition, and the state rows, locked
+    while a batch uses them, keep every update)."""
+    if partitions <= 1:
+        return 0
+    actor = item.actor
+    who = actor.describe if actor is not None else item.external_id
+    return zlib.crc32(who.encode("utf-8", "surrogatepass")) % partitions
 
 
 def id_key(scope: Scope, source: str, external_id: str) -> str:
@@ -352,7 +418,7 @@ def _result(item: Item, verdict: str) -> ItemResult:
 @dataclass
 class Accepted:
     results: list[ItemResult]
-    entry_id: str | None = None  # None: nothing new was queued
+    entry_id: str | None = None  # None: nothing new was queued; several: comma-separated
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -371,10 +437,12 @@ def accept(
     rate: tuple[str, int] | None = None,
     credential_id: int | None = None,
     strict: bool = False,
+    partitions: int = 1,
 ) -> Accepted:
     """Take a request's parsed items into the stream: one Redis round trip. ``rate`` is the
     (bucket, requests per minute) to count the request in; ``strict`` is for a lone item that
-    must be answered 409 and not kept when its id holds something else. Raises
+    must be answered 409 and not kept when its id holds something else; ``partitions`` is
+    the number of streams the items are spread over (``partition_of``), one entry each. Raises
     ``RateLimited``, or a ``redis.RedisError`` when Redis cannot take it."""
     results: dict[int, ItemResult] = {}
     fresh: list[Item] = []
@@ -388,9 +456,18 @@ def accept(
             results[item.index] = _repeat(item, DUPLICATE)
         else:
             fresh.append(_as_conflict(item, "another statement of this batch has the same id"))
-    digests = [digest(i.compare) for i in fresh]
-    keys = [id_key(scope, source, i.external_id) for i in fresh]
-    payload = encode_entry(scope, source, credential_id, now, fresh, digests)
+    by_partition: dict[int, list[Item]] = {}
+    for item in fresh:
+        by_partition.setdefault(partition_of(item, partitions), []).append(item)
+    groups: list[tuple[int, list[str], list[str], str]] = []
+    ordered: list[Item] = []  # the items as the script sees them: group after group
+    for partition in sorted(by_partition):
+        members = by_partition[partition]
+        digests = [digest(i.compare) for i in members]
+        keys = [id_key(scope, source, i.external_id) for i in members]
+        payload = encode_entry(scope, source, credential_id, now, members, digests)
+        groups.append((partition, keys, digests, payload))
+        ordered.extend(members)
     rate_key = ""
     limit = 0
     if rate is not None:
@@ -398,22 +475,22 @@ def accept(
         limit = rate[1]
     if is_memory(client):
         status, mask, entry_id = _accept_in_python(
-            client, keys, digests, (rate_key, limit) if rate else None, payload, strict
+            client, groups, (rate_key, limit) if rate else None, strict
         )
     else:
+        args: list[Any] = [limit, ID_TTL, "1" if strict else "0", len(groups)]
+        for _, keys, _, payload in groups:
+            args += (len(keys), payload)
         answer = _text(
             _evalsha(
                 client,
                 _script(client),
-                2 + len(keys),
+                1 + len(groups) + len(ordered),
                 rate_key or STREAM,
-                STREAM,
-                *keys,
-                limit,
-                ID_TTL,
-                "1" if strict else "0",
-                payload,
-                *digests,
+                *(stream_key(g[0]) for g in groups),
+                *(key for g in groups for key in g[1]),
+                *args,
+                *(d for g in groups for d in g[2]),
             )
         ).split(" ")
         status = int(answer[0])
@@ -421,7 +498,7 @@ def accept(
         entry_id = answer[2] if len(answer) > 2 else ""
     if status < 0:
         raise RateLimited(max(1, 60 - int(time.time()) % 60))
-    for item, verdict in zip(fresh, mask, strict=True):
+    for item, verdict in zip(ordered, mask, strict=True):
         results[item.index] = _result(item, verdict)
     return Accepted([results[i.index] for i in items], entry_id if status == 1 else None)
 
@@ -448,12 +525,33 @@ def _tries_script(client: redis.Redis) -> Any:
 
 def _evalsha(client: redis.Redis, script: Any, numkeys: int, *keys_and_args: Any) -> Any:
     """``script(keys=..., args=...)`` without redis-py's wrappers around it: one EVALSHA of the
-    preloaded script (loaded again if Redis lost it, e.g. after a restart or SCRIPT FLUSH)."""
+    preloaded script (loaded again if Redis lost it, e.g. after a restart or SCRIPT FLUSH),
+    sent on a pooled connection directly (``_send``). A connection that fails is retried
+    through ``client.evalsha``, with the client's own retry policy."""
     try:
-        return client.evalsha(script.sha, numkeys, *keys_and_args)
+        try:
+            return _send(client, "EVALSHA", script.sha, numkeys, *keys_and_args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return client.evalsha(script.sha, numkeys, *keys_and_args)
     except redis.exceptions.NoScriptError:
         script.sha = client.script_load(script.script)
         return client.evalsha(script.sha, numkeys, *keys_and_args)
+
+
+def _send(client: redis.Redis, *command: Any) -> Any:
+    """One command on a connection of the client's pool: what ``execute_command`` does for
+    it, without its per-call retry closures and metrics, which cost more CPU than the round
+    trip itself (the accept script is the one Redis call of a request). The reply is not
+    parsed further (``_text`` reads it); an error reply raises as usual."""
+    if client.connection is not None:  # a single-connection client: its lock and connection
+        return client.execute_command(*command)  # type: ignore[no-untyped-call]
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()
+    try:
+        conn.send_packed_command(conn.pack_command(*command))
+        return conn.read_response()
+    finally:
+        pool.release(conn)
 
 
 def _script(client: redis.Redis) -> Any:
@@ -508,6 +606,15 @@ def store_entries(session: Session, entries: Sequence[Entry]) -> int:
     return stored
 
 
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})  # deadlock, serialization, lock
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that trying again fixes: a deadlock or serialization failure."""
+    orig = getattr(exc, "orig", None)
+    return isinstance(exc, DBAPIError) and getattr(orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -553,16 +660,27 @@ class Consumer:
     lease_ms: int = LEASE_MS
     max_tries: int = MAX_TRIES
     linger_ms: int = LINGER_MS
+    partition: int = 0
     pause: Callable[[float], None] = field(default=time.sleep, repr=False)
     _renew_at: float = 0.0
     _claimed_at: float = 0.0
     _group_ready: bool = False
     _own_pending: bool = True  # may have entries read and not acknowledged: look first
+    stream: str = field(init=False, default=STREAM)
+    leader: str = field(init=False, default=LEADER)
+    tries: str = field(init=False, default=TRIES)
+    errors: str = field(init=False, default=ERRORS)
+
+    def __post_init__(self) -> None:
+        self.stream = stream_key(self.partition)
+        self.leader = leader_key(self.partition)
+        self.tries = tries_key(self.partition)
+        self.errors = errors_key(self.partition)
 
     # -- the group and the lease ---------------------------------------------------------
     def ensure_group(self) -> None:
         try:
-            self.client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -575,13 +693,13 @@ class Consumer:
         if now < self._renew_at:
             return True
         lease = self.lease_ms / 1000
-        if self.client.set(LEADER, self.name, nx=True, px=self.lease_ms):
+        if self.client.set(self.leader, self.name, nx=True, px=self.lease_ms):
             self._renew_at = now + lease / 3
             self.claim(min_idle_ms=0)
             return True
-        holder = self.client.get(LEADER)
+        holder = self.client.get(self.leader)
         if holder is not None and _text(holder) == self.name:
-            self.client.pexpire(LEADER, self.lease_ms)
+            self.client.pexpire(self.leader, self.lease_ms)
             self._renew_at = now + lease / 3
             return True
         self._renew_at = 0.0
@@ -589,9 +707,9 @@ class Consumer:
 
     def resign(self) -> None:
         with contextlib.suppress(redis.RedisError):
-            holder = self.client.get(LEADER)
+            holder = self.client.get(self.leader)
             if holder is not None and _text(holder) == self.name:
-                self.client.delete(LEADER)
+                self.client.delete(self.leader)
         self._renew_at = 0.0
 
     def claim(self, min_idle_ms: int = CLAIM_IDLE_MS) -> int:
@@ -601,7 +719,7 @@ class Consumer:
         claimed, start = 0, "0-0"
         for _ in range(1000):
             answer = self.client.xautoclaim(
-                STREAM, GROUP, self.name, min_idle_ms, start_id=start, count=500
+                self.stream, GROUP, self.name, min_idle_ms, start_id=start, count=500
             )
             start = _text(answer[0])
             claimed += len(answer[1])
@@ -619,7 +737,7 @@ class Consumer:
             self.ensure_group()
         if self._own_pending:
             own: Any = self.client.xreadgroup(
-                GROUP, self.name, {STREAM: "0"}, count=self.read_count
+                GROUP, self.name, {self.stream: "0"}, count=self.read_count
             )
             entries = [(_text(i), _fields(f)) for _, batch in own or [] for i, f in batch]
             if entries:
@@ -627,13 +745,13 @@ class Consumer:
             self._own_pending = False
         if is_memory(self.client):
             if block_ms:
-                _memory_wake.wait(block_ms / 1000)
-            _memory_wake.clear()
+                _memory_wake(self.partition).wait(block_ms / 1000)
+            _memory_wake(self.partition).clear()
             block: int | None = None
         else:
             block = block_ms or None
         new: Any = self.client.xreadgroup(
-            GROUP, self.name, {STREAM: ">"}, count=self.read_count, block=block
+            GROUP, self.name, {self.stream: ">"}, count=self.read_count, block=block
         )
         read = [(_text(i), _fields(f)) for _, batch in new or [] for i, f in batch]
         if 1 < len(read) < self.read_count and self.linger_ms:
@@ -642,7 +760,7 @@ class Consumer:
             # entry (quiet traffic) is stored at once: that is when latency shows.
             self.pause(self.linger_ms / 1000)
             more: Any = self.client.xreadgroup(
-                GROUP, self.name, {STREAM: ">"}, count=self.read_count - len(read)
+                GROUP, self.name, {self.stream: ">"}, count=self.read_count - len(read)
             )
             read += [(_text(i), _fields(f)) for _, batch in more or [] for i, f in batch]
         return read
@@ -724,11 +842,11 @@ class Consumer:
         if is_memory(self.client):
             pipe = self.client.pipeline(transaction=False)
             for entry_id in entry_ids:
-                pipe.hincrby(TRIES, entry_id, 1)
+                pipe.hincrby(self.tries, entry_id, 1)
             return [int(n) for n in pipe.execute()]
         # One command for the whole read (not one HINCRBY each): the same counts, a fraction
         # of the client's and Redis's CPU when many single-statement entries come at once.
-        counted: Any = _tries_script(self.client)(keys=[TRIES], args=entry_ids)
+        counted: Any = _tries_script(self.client)(keys=[self.tries], args=entry_ids)
         return [int(n) for n in counted]
 
     def _store(self, decoded: list[Entry], attempt: int) -> str:
@@ -739,6 +857,13 @@ class Consumer:
             with self.db.transaction() as session:
                 store_entries(session, decoded)
         except Exception as exc:
+            if _transient(exc):
+                # Another transaction held what this one needed (partitions share a course's
+                # peer rows): not the entries' fault, so the attempt does not count.
+                self._uncount([e.stream_id for e in decoded])
+                log.warning("ingest consumer: transient conflict (%s); will retry", exc)
+                self.pause(0.05)
+                return DB_DOWN
             if not self._database_up():
                 self._uncount([e.stream_id for e in decoded])
                 log.warning("ingest consumer: database unavailable (%s); will retry", exc)
@@ -752,7 +877,9 @@ class Consumer:
             )
             if len(decoded) == 1:
                 with contextlib.suppress(redis.RedisError):
-                    self.client.hset(ERRORS, decoded[0].stream_id, f"{type(exc).__name__}: {exc}")
+                    self.client.hset(
+                        self.errors, decoded[0].stream_id, f"{type(exc).__name__}: {exc}"
+                    )
             return FAILED
         self._ack([e.stream_id for e in decoded])
         return STORED
@@ -771,15 +898,15 @@ class Consumer:
         with contextlib.suppress(redis.RedisError):
             pipe = self.client.pipeline(transaction=False)
             for entry_id in entry_ids:
-                pipe.hincrby(TRIES, entry_id, -1)
+                pipe.hincrby(self.tries, entry_id, -1)
             pipe.execute()
 
     def _ack(self, entry_ids: list[str]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.xack(STREAM, GROUP, *entry_ids)
-        pipe.xdel(STREAM, *entry_ids)
-        pipe.hdel(TRIES, *entry_ids)
-        pipe.hdel(ERRORS, *entry_ids)
+        pipe.xack(self.stream, GROUP, *entry_ids)
+        pipe.xdel(self.stream, *entry_ids)
+        pipe.hdel(self.tries, *entry_ids)
+        pipe.hdel(self.errors, *entry_ids)
         pipe.execute()
 
     def _dead_letter(
@@ -788,7 +915,7 @@ class Consumer:
         """Move an entry to ``ingest_dead_letters`` (then acknowledge it); if the database
         cannot take it, it stays pending and is tried again later: never dropped."""
         if reason is None:
-            last = self.client.hget(ERRORS, entry_id)
+            last = self.client.hget(self.errors, entry_id)
             reason = _text(last) if last is not None else "failed (no error recorded)"
             reason = f"failed {tries} times; last error: {reason}"
         course_id, source, items = None, "", 0
@@ -799,7 +926,9 @@ class Consumer:
             with self.db.transaction() as session:
                 session.add(
                     IngestDeadLetter(
-                        stream_id=entry_id,
+                        stream_id=entry_id
+                        if self.partition == 0
+                        else f"{entry_id}{PARTITION_MARK}{self.partition}",
                         course_id=course_id,
                         source=source,
                         items=items,
@@ -820,7 +949,7 @@ class Consumer:
         """Consume until ``stop`` is set (or, given ``parent_pid``, until that process is
         gone). Redis or database trouble is logged and retried with back-off."""
         delay = 0.5
-        log.info("ingest consumer %s started", self.name)
+        log.info("ingest consumer %s started (partition %d)", self.name, self.partition)
         try:
             while not stop.is_set():
                 if parent_pid is not None and os.getppid() != parent_pid:
@@ -847,20 +976,38 @@ class Consumer:
             log.info("ingest consumer %s stopped", self.name)
 
 
-def start_thread(db: Database, client: redis.Redis) -> tuple[threading.Thread, threading.Event]:
-    """A consumer on a daemon thread of this process (``lifeline demo``, tests)."""
+def start_thread(
+    db: Database, client: redis.Redis, partitions: int = 1
+) -> tuple[list[threading.Thread], threading.Event]:
+    """A consumer per partition on daemon threads of this process (``lifeline demo``)."""
     stop = threading.Event()
-    consumer = Consumer(db, client)
-    thread = threading.Thread(
-        target=consumer.run, args=(stop,), name="lifeline-ingest", daemon=True
-    )
-    thread.start()
-    return thread, stop
+    threads = []
+    for partition in range(partitions):
+        consumer = Consumer(db, client, partition=partition)
+        thread = threading.Thread(
+            target=consumer.run, args=(stop,), name=f"lifeline-ingest-{partition}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    return threads, stop
 
 
-def run_process(settings: Any, parent_pid: int | None = None) -> None:
-    """The consumer as a process of its own (``lifeline worker`` starts one; ``lifeline
-    activity consume`` runs one in the foreground). Stops on SIGTERM / SIGINT."""
+def partitions_in_use(client: redis.Redis, configured: int) -> int:
+    """The partitions to consume: the configured ones, and any higher one whose stream still
+    holds entries (the setting was lowered: what was accepted before is not left behind)."""
+    from ..config import MAX_INGEST_PARTITIONS
+
+    found = configured
+    for partition in range(configured, MAX_INGEST_PARTITIONS):
+        if client.exists(stream_key(partition)):
+            found = partition + 1
+    return found
+
+
+def run_process(settings: Any, parent_pid: int | None = None, partition: int | None = None) -> None:
+    """The consumer as a process of its own (``lifeline worker`` starts one per partition;
+    ``lifeline activity consume`` runs one in the foreground: one partition, or every
+    partition on threads). Stops on SIGTERM / SIGINT."""
     import signal
 
     from ..jobs import REDIS_SOCKET_TIMEOUT, install, make_job_redis, worker_context
@@ -871,13 +1018,27 @@ def run_process(settings: Any, parent_pid: int | None = None) -> None:
 
     context = worker_context(settings)  # its database publishes events and enqueues jobs
     gc.freeze()  # what start-up loaded stays: full collections need not walk it again
+    gc.set_threshold(20_000, 50, 1000)  # a batch allocates a lot that dies young
     install(context)
     client = make_job_redis(settings.redis_url, max(REDIS_SOCKET_TIMEOUT, BLOCK_MS / 1000 + 5))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        Consumer(context.db, client).run(stop, parent_pid)
+        if partition is not None:
+            Consumer(context.db, client, partition=partition).run(stop, parent_pid)
+            return
+        threads = []
+        for n in range(partitions_in_use(client, settings.stream_partitions)):
+            consumer = Consumer(context.db, client, partition=n)
+            thread = threading.Thread(target=consumer.run, args=(stop, parent_pid), daemon=True)
+            thread.start()
+            threads.append(thread)
+        while not stop.wait(1.0):
+            if not any(t.is_alive() for t in threads):
+                break
+        for thread in threads:
+            thread.join(timeout=BLOCK_MS / 1000 + 5)
     finally:
         context.db.dispose()
 
@@ -902,7 +1063,9 @@ def retry_dead_letters(
     done: list[int] = []
     for row in session.scalars(query):
         fields = json.loads(row.payload)
-        client.xadd(STREAM, {k: v for k, v in fields.items() if k in ("d", "m")})
+        _, mark, partition = row.stream_id.partition(PARTITION_MARK)
+        stream = stream_key(int(partition) if mark and partition.isdigit() else 0)
+        client.xadd(stream, {k: v for k, v in fields.items() if k in ("d", "m")})
         done.append(row.id)
     if done:
         session.execute(delete(IngestDeadLetter).where(IngestDeadLetter.id.in_(done)))
@@ -910,17 +1073,25 @@ def retry_dead_letters(
 
 
 @contextlib.contextmanager
-def running(db: Database, client: redis.Redis) -> Iterator[Consumer]:
-    """A consumer on a thread for the duration of the block (tests)."""
+def running(db: Database, client: redis.Redis, partitions: int = 1) -> Iterator[Consumer]:
+    """A consumer per partition on threads for the duration of the block (tests); yields the
+    first partition's."""
     stop = threading.Event()
-    consumer = Consumer(db, client, block_ms=200)
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    thread.start()
+    consumers = [Consumer(db, client, block_ms=200, partition=n) for n in range(partitions)]
+    threads = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in consumers]
+    for thread in threads:
+        thread.start()
     try:
-        yield consumer
+        yield consumers[0]
     finally:
         stop.set()
-        thread.join(timeout=10)
+        for thread in threads:
+            thread.join(timeout=10)
+
+
+def drain_all(db: Database, client: redis.Redis, partitions: int, timeout: float = 30.0) -> int:
+    """Store everything accepted so far, partition after partition (tests, tools)."""
+    return sum(Consumer(db, client, partition=n).drain(timeout) for n in range(partitions))
 
 
 class ConsumerProcess:
@@ -928,7 +1099,8 @@ class ConsumerProcess:
     activity consume``), so the RQ worker's forks never share its threads or connections.
     ``ensure`` starts it again if it died (the worker calls it from its maintenance)."""
 
-    def __init__(self) -> None:
+    def __init__(self, partition: int = 0) -> None:
+        self.partition = partition
         self.process: subprocess.Popen[bytes] | None = None
         self._next_start = 0.0
         self._delay = 1.0
@@ -936,8 +1108,11 @@ class ConsumerProcess:
     def start(self) -> None:
         code = "from lti_tool.cli import main; main()"
         argv = [sys.executable, "-c", code, "activity", "consume", "--parent-pid", str(os.getpid())]
+        argv += ["--partition", str(self.partition)]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)  # noqa: S603 - our own command
-        log.info("ingest consumer process %s started", self.process.pid)
+        log.info(
+            "ingest consumer process %s started (partition %d)", self.process.pid, self.partition
+        )
 
     def ensure(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -965,3 +1140,23 @@ class ConsumerProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+class ConsumerProcesses:
+    """One ``ConsumerProcess`` per partition (``lifeline worker``): partitions are consumed in
+    parallel, each by its own process (several cores), one learner's events in order."""
+
+    def __init__(self, partitions: int) -> None:
+        self.processes = [ConsumerProcess(n) for n in range(partitions)]
+
+    def start(self) -> None:
+        for process in self.processes:
+            process.start()
+
+    def ensure(self) -> None:
+        for process in self.processes:
+            process.ensure()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for process in self.processes:
+            process.stop(timeout)

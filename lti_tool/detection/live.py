@@ -353,7 +353,7 @@ class DbStore:
                     "es": [eid for _, eid in pairs],
                     "learners": learners,
                 },
-            )
+            ).all()  # one fetch for all rows, not one call per row
         )
 
     def loaded_exercises(self) -> set[str]:
@@ -625,15 +625,22 @@ class DbPeers(PeerStats):
         if self.session.get_bind().dialect.name == "postgresql":
             rows = [{"exercise_key": k, "delta": deltas[k]} for k in keys]
             self.session.execute(
+                # The rows are locked in key order first (consumers of several partitions
+                # merge into the same rows at once: one order, no deadlock).
                 text(
+                    "WITH locked AS MATERIALIZED (SELECT exercise_key FROM detection_peer_stats "
+                    "WHERE course_id = :course AND exercise_key = ANY(:keys) "
+                    "ORDER BY exercise_key FOR UPDATE) "
                     "UPDATE detection_peer_stats AS t SET "
                     "stats = CAST(lifeline_json_add(CAST(t.stats AS jsonb), x.delta) AS json), "
                     "updated_at = :now "
                     "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
                     "AS x(exercise_key varchar(32), delta jsonb) "
-                    "WHERE t.course_id = :course AND t.exercise_key = x.exercise_key"
+                    "WHERE t.course_id = :course "
+                    "AND t.exercise_key IN (SELECT exercise_key FROM locked) "
+                    "AND t.exercise_key = x.exercise_key"
                 ),
-                {"rows": json.dumps(rows), "now": now, "course": self.course_id},
+                {"rows": json.dumps(rows), "now": now, "course": self.course_id, "keys": keys},
             )
             return
         current = {
@@ -721,10 +728,7 @@ def process_records(session: Session, records: Sequence[StoredRecord]) -> list[O
                 "live detection failed for %d records of course %s", len(batch), course_id
             )
             continue
-        for decision in decisions:
-            offer = act(session, course_id, decision, escalate)
-            if offer is not None:
-                made.append(offer)
+        made += act_many(session, course_id, decisions, escalate)
         _merge_peers(session, peers)
     return made
 
@@ -873,6 +877,106 @@ def act(session: Session, course_id: int, decision: Decision, escalate: bool) ->
     session.flush()
     record_offer(session, OFFER_CREATED, offer, reason=decision.reason)
     return offer
+
+
+def act_many(
+    session: Session, course_id: int, decisions: Sequence[Decision], escalate: bool
+) -> list[Offer]:
+    """``act`` for a batch's decisions, in order, with the same outcome: who already has a
+    request and which offers are open is read once for all of them (two queries), the new
+    offers are inserted together and their events written by one INSERT. Escalations that
+    open a request go through ``act`` (rare, and they write much more)."""
+    if not decisions:
+        return []
+    if any(d.action == ESCALATE for d in decisions):
+        made = []
+        for decision in decisions:
+            offer = act(session, course_id, decision, escalate)
+            if offer is not None:
+                made.append(offer)
+        return made
+    learners = sorted({int(d.learner) for d in decisions})
+    busy = set(
+        session.scalars(
+            select(HelpRequest.learner_id).where(
+                HelpRequest.learner_id.in_(learners),
+                HelpRequest.course_id == course_id,
+                HelpRequest.status.in_(ACTIVE_STATUSES),
+            )
+        ).all()
+    )
+    open_by_learner: dict[int, list[Offer]] = {}
+    for offer in session.scalars(
+        select(Offer)
+        .where(
+            Offer.learner_id.in_(learners),
+            Offer.course_id == course_id,
+            Offer.status == OfferStatus.OFFERED.value,
+            Offer.created_at >= utcnow() - OFFER_TTL,
+        )
+        .order_by(Offer.id.desc())
+    ).all():
+        open_by_learner.setdefault(offer.learner_id, []).append(offer)
+    now = utcnow()
+    created: list[Offer] = []
+    # The events, in the order ``act`` writes them, with the offer's status at that moment.
+    log_: list[tuple[str, Offer, str | None, str]] = []
+    for decision in decisions:
+        learner_id, exercise_id = int(decision.learner), int(decision.exercise)
+        if learner_id in busy:
+            continue  # already in line or with a tutor: no need to offer one
+        standing = open_by_learner.setdefault(learner_id, [])
+        for old in [o for o in standing if o.exercise_id == exercise_id]:
+            old.status, old.responded_at = OfferStatus.EXPIRED.value, now
+            standing.remove(old)
+            log_.append(("offer.expired", old, None, old.status))
+        offer = Offer(
+            course_id=course_id,
+            learner_id=learner_id,
+            exercise_id=exercise_id,
+            rule=decision.rule,
+            level=1,
+            severity=decision.severity,
+            reason=decision.reason,
+            status=OfferStatus.OFFERED.value,
+            created_at=now,
+        )
+        session.add(offer)
+        standing.insert(0, offer)
+        created.append(offer)
+        log_.append((OFFER_CREATED, offer, decision.reason, offer.status))
+    if not created:
+        return []
+    session.flush()  # the offers' ids, for their events
+    events.record_many(
+        session,
+        [
+            _offer_event(kind, offer, status)
+            if reason is None
+            else _offer_event(kind, offer, status, reason=reason)
+            for kind, offer, reason, status in log_
+        ],
+    )
+    return created
+
+
+def _offer_event(kind: str, offer: Offer, status: str, **extra: Any) -> dict[str, Any]:
+    """The keyword arguments of ``record_offer``'s event, for ``events.record_many``."""
+    return {
+        "kind": kind,
+        "actor": "lifeline",
+        "course_id": offer.course_id,
+        "data": {
+            "learner_id": offer.learner_id,
+            "offer_id": offer.id,
+            "exercise_id": offer.exercise_id,
+            "rule": offer.rule,
+            "level": offer.level,
+            "severity": offer.severity,
+            "status": status,
+            **extra,
+        },
+    }
 
 
 def _open_for(session: Session, offer: Offer, decision: Decision) -> Offer | None:

@@ -54,6 +54,20 @@ def record(
     return event
 
 
+def record_many(session: Session, specs: list[dict[str, Any]]) -> list[HelpEvent]:
+    """``record`` for several events at once (keyword arguments of ``HelpEvent`` each, in
+    order): one INSERT for all of them, published in this order after the commit."""
+    if not specs:
+        return []
+    _lock_event_order(session)
+    made = [HelpEvent(**{"data": {}, **spec}) for spec in specs]
+    session.add_all(made)
+    session.flush()
+    pending = session.info.setdefault(PENDING, [])
+    pending.extend(as_message(event) for event in sorted(made, key=lambda e: e.id))
+    return made
+
+
 def as_message(event: HelpEvent) -> dict[str, Any]:
     return {
         "id": event.id,

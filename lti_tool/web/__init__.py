@@ -124,3 +124,6 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(activity.bp)  # the instructor's activity page
     app.register_blueprint(registration.bp)  # LTI Dynamic Registration (/lti/register)
     app.register_blueprint(admin.bp)  # Lifeline's own administrators (/admin)
+    from . import fastpath
+
+    fastpath.wrap(app)  # the ordinary xAPI POST / PUT answered outside Flask (same answers)

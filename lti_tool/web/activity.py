@@ -44,7 +44,7 @@ from ..db import utcnow
 from ..launches import ActiveLaunch, load
 from ..lti.launch import Launch
 from ..lti.roles import Audience
-from ..services import current_services
+from ..services import Services, current_services
 from .auth import LaunchContext, launch_context
 from .transaction import db_session
 
@@ -64,14 +64,19 @@ CORS_PREFLIGHT = {
 # -- responses ------------------------------------------------------------------------------
 
 
-def _error_json(
-    status: int, message: str, field: str | None = None, retry_after: int | None = None
-) -> Response:
+def error_payload(status: int, message: str, field: str | None = None) -> dict[str, Any]:
+    """The JSON body of a refused API request (also answered by ``fastpath``)."""
     payload: dict[str, Any] = {"error": _ERROR_CODES.get(status, "error"), "status": status}
     payload["detail"] = message
     if field:
         payload["field"] = field
-    response = jsonify(payload)
+    return payload
+
+
+def _error_json(
+    status: int, message: str, field: str | None = None, retry_after: int | None = None
+) -> Response:
+    response = jsonify(error_payload(status, message, field))
     response.status_code = status
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
@@ -135,8 +140,12 @@ def _read_json() -> Any:
         raise IngestError(413, _too_large_message())
     # One byte over the limit: a chunked body that is too large reads as limit + 1 bytes.
     request.max_content_length = limit + 1
-    data = request.get_data(cache=False)
-    if len(data) > limit:
+    return parse_json_body(request.get_data(cache=False))
+
+
+def parse_json_body(data: bytes) -> Any:
+    """A request body read whole (at most one byte over the limit) as JSON, or IngestError."""
+    if len(data) > ingest.LIMITS.max_body:
         raise IngestError(413, _too_large_message())
     if not data.strip():
         raise IngestError(400, "The request body is empty: send JSON.", "body")
@@ -169,7 +178,7 @@ def _credential() -> CredentialInfo:
     return found
 
 
-def _too_many(limit: int, wait: int) -> IngestError:
+def too_many(limit: int, wait: int) -> IngestError:
     return IngestError(
         429,
         f"More than {limit} requests in a minute for this credential: slow down and "
@@ -181,7 +190,7 @@ def _too_many(limit: int, wait: int) -> IngestError:
 def _rate_limit(bucket: str, limit: int) -> None:
     wait = ingest.rate_limited(current_services().redis, bucket, limit, time.time())
     if wait is not None:
-        raise _too_many(limit, wait)
+        raise too_many(limit, wait)
 
 
 Outcome = StoreOutcome | pipeline.Accepted
@@ -203,8 +212,8 @@ def _ingest(
     services = current_services()
     if services.settings.ingest_mode == "stream":
         try:
-            return pipeline.accept(
-                services.redis,
+            return stream_accept(
+                services,
                 scope,
                 source,
                 items,
@@ -213,8 +222,6 @@ def _ingest(
                 credential_id=credential_id,
                 strict=strict,
             )
-        except pipeline.RateLimited as exc:
-            raise _too_many(rate[1], exc.retry_after) from None
         except redis.RedisError:
             log.warning("Redis cannot take activity: stored in the request", exc_info=True)
     else:
@@ -227,6 +234,36 @@ def _ingest(
     return ingest.store(db, scope, source, items, compare=compare, now=now)
 
 
+def stream_accept(
+    services: Services,
+    scope: Scope,
+    source: str,
+    items: Sequence[Item],
+    *,
+    now: dt.datetime,
+    rate: tuple[str, int],
+    credential_id: int | None = None,
+    strict: bool = False,
+) -> pipeline.Accepted:
+    """``pipeline.accept`` with this app's Redis and settings (shared with ``fastpath``): over
+    the rate limit is a 429 ``IngestError``; raises ``redis.RedisError`` when Redis cannot take
+    the items."""
+    try:
+        return pipeline.accept(
+            services.redis,
+            scope,
+            source,
+            items,
+            now=now,
+            rate=rate,
+            credential_id=credential_id,
+            strict=strict,
+            partitions=services.settings.stream_partitions,
+        )
+    except pipeline.RateLimited as exc:
+        raise too_many(rate[1], exc.retry_after) from None
+
+
 def _single(outcome: Outcome) -> None:
     """A lone statement / row / event is strict: invalid is a 400, a conflict a 409."""
     result = outcome.results[0]
@@ -236,7 +273,7 @@ def _single(outcome: Outcome) -> None:
         raise IngestError(409, result.reason or "A different item has this id.", "id")
 
 
-def _counts_header(outcome: Outcome) -> str:
+def counts_header(outcome: Outcome) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(outcome.counts().items()))
 
 
@@ -244,7 +281,7 @@ def _batch_json(outcome: Outcome) -> Response:
     response = jsonify(
         {"results": [r.as_json() for r in outcome.results], "counts": outcome.counts()}
     )
-    response.headers["X-Lifeline-Counts"] = _counts_header(outcome)
+    response.headers["X-Lifeline-Counts"] = counts_header(outcome)
     return response
 
 
@@ -269,41 +306,84 @@ def post_statements() -> Response:
             415, "Statements with attachments (multipart/mixed) are not supported: send JSON."
         )
     body = _read_json()
-    scope = Scope(credential.platform_id, credential.course_id)
     now = utcnow()
-    options = _credential_options(credential)
+    items, single = statement_items(body, now)
+    outcome = _ingest(
+        Scope(credential.platform_id, credential.course_id),
+        "xapi",
+        items,
+        now=now,
+        strict=single,
+        **_credential_options(credential),
+    )
+    detail = request.args.get("detail", "").lower() in DETAIL_VALUES
+    return _answer(statements_answer(outcome, single=single, put=False, detail=detail))
+
+
+DETAIL_VALUES = frozenset({"1", "true", "yes"})
+
+
+def statement_items(
+    body: Any, now: dt.datetime, statement_id: str | None = None, put: bool = False
+) -> tuple[list[Item], bool]:
+    """The statements of a POST (``put``: PUT with its ``statementId``) body, and whether it is
+    a single statement (strict). A body refused whole (or an invalid single statement) raises
+    ``IngestError``; a batch keeps its invalid items. Shared with ``fastpath``."""
     if isinstance(body, dict):
-        item = xapi.parse_statement(body, 0, now)
+        item = xapi.parse_statement(body, 0, now, statement_id)
         if item.invalid:
             raise IngestError(400, item.note or "Invalid statement.", item.invalid_field)
-        outcome = _ingest(scope, "xapi", [item], now=now, strict=True, **options)
-        _single(outcome)
-        return jsonify([outcome.results[0].id])
+        return [item], True
+    if put:
+        raise IngestError(400, "PUT takes one statement object.", "statement")
     if not isinstance(body, list):
         raise IngestError(
             400, "The body must be a statement object or an array of statements.", "body"
         )
     _check_batch(body, "statements")
-    items = [xapi.parse_statement(s, i, now) for i, s in enumerate(body)]
-    outcome = _ingest(scope, "xapi", items, now=now, **options)
+    return [xapi.parse_statement(s, i, now) for i, s in enumerate(body)], False
+
+
+def statements_answer(
+    outcome: Outcome, *, single: bool, put: bool, detail: bool
+) -> tuple[int, Any, str | None]:
+    """The answer of an accepted POST / PUT of statements: status, JSON payload (None: no
+    body), ``X-Lifeline-Counts`` (None: not sent). A single statement that was not accepted
+    raises ``IngestError`` (400, 409). Shared with ``fastpath``."""
+    if single:
+        _single(outcome)
+    if put:
+        return 204, None, counts_header(outcome)
+    if single:
+        return 200, [outcome.results[0].id], None
     ids = [r.id for r in outcome.results]
-    if request.args.get("detail", "").lower() in {"1", "true", "yes"}:
-        response = jsonify(
-            {
-                "ids": ids,
-                "results": [r.as_json() for r in outcome.results],
-                "counts": outcome.counts(),
-            }
-        )
+    if detail:
+        payload: Any = {
+            "ids": ids,
+            "results": [r.as_json() for r in outcome.results],
+            "counts": outcome.counts(),
+        }
     else:
-        response = jsonify(ids)
-    response.headers["X-Lifeline-Counts"] = _counts_header(outcome)
+        payload = ids
+    return 200, payload, counts_header(outcome)
+
+
+def _answer(answer: tuple[int, Any, str | None]) -> Response:
+    status, payload, counts = answer
+    response = Response(status=status) if payload is None else jsonify(payload)
+    if counts is not None:
+        response.headers["X-Lifeline-Counts"] = counts
     return response
+
+
+def credential_rate(credential: CredentialInfo) -> tuple[str, int]:
+    """The rate-limit bucket of a Basic credential and its requests per minute."""
+    return f"cred:{credential.id}", ingest.LIMITS.per_credential_per_minute
 
 
 def _credential_options(credential: CredentialInfo) -> dict[str, Any]:
     return {
-        "rate": (f"cred:{credential.id}", ingest.LIMITS.per_credential_per_minute),
+        "rate": credential_rate(credential),
         "credential_id": credential.id,
         "compare": xapi.compare_stored,
     }
@@ -315,20 +395,11 @@ def put_statement() -> Response:
     credential = _credential()
     statement_id = xapi.check_statement_id(request.args.get("statementId"))
     body = _read_json()
-    if not isinstance(body, dict):
-        raise IngestError(400, "PUT takes one statement object.", "statement")
     now = utcnow()
-    item = xapi.parse_statement(body, 0, now, statement_id)
-    if item.invalid:
-        raise IngestError(400, item.note or "Invalid statement.", item.invalid_field)
+    items, _ = statement_items(body, now, statement_id, put=True)
     scope = Scope(credential.platform_id, credential.course_id)
-    outcome = _ingest(
-        scope, "xapi", [item], now=now, strict=True, **_credential_options(credential)
-    )
-    _single(outcome)
-    response = Response(status=204)
-    response.headers["X-Lifeline-Counts"] = _counts_header(outcome)
-    return response
+    outcome = _ingest(scope, "xapi", items, now=now, strict=True, **_credential_options(credential))
+    return _answer(statements_answer(outcome, single=True, put=True, detail=False))
 
 
 # -- ProgSnap2 ----------------------------------------------------------------------------------
