@@ -41,6 +41,9 @@ bench: $(VENV)/.installed-test services
 
 # xAPI ingestion with 50 live rules, and event -> offer on the learner's page (docs/performance.md).
 bench-ingest: $(VENV)/.installed-test services
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+		{ echo "bench-ingest needs wrk (apt-get install wrk)"; exit 1; }
 	$(BIN)/python benchmarks/ingest.py
 
 # Help queue: SSE delivery to 200 / 1,000 dashboards and contended claims (docs/performance.md).

@@ -978,6 +978,9 @@ class Results:
     reference: list[LoadRun] = field(default_factory=list)
     single: list[LoadRun] = field(default_factory=list)
     batch: list[LoadRun] = field(default_factory=list)
+    # Single statements with the consumer paused during the run (as with `lifeline worker` on
+    # a host of its own, docker-compose.yml's layout): evaluated = its catch-up afterwards.
+    single_apart: list[LoadRun] = field(default_factory=list)
     latency: list[LatencyRun] = field(default_factory=list)
     offers: int = 0
 
@@ -1039,18 +1042,29 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
     rng = random.Random(7)
     single_file, batch_file = workdir / "single.tsv", workdir / "batch.tsv"
 
-    def xapi_load(per_request: int, requests: int, connections: int, seconds: float) -> LoadRun:
+    def xapi_load(
+        per_request: int, requests: int, connections: int, seconds: float, apart: bool = False
+    ) -> LoadRun:
         file = single_file if per_request == 1 else batch_file
         requests_file(file, world, rng, requests, per_request)
         before = world.records()
         load_before, cpu_before = os.getloadavg()[0], cpu_seconds()
-        load = run_wrk(port, seconds, connections, args.client_threads, workdir, file)
+        if apart:  # the worker (RQ and its consumers) stopped: the web alone on the machine
+            os.killpg(GROUPS["worker"], signal.SIGSTOP)
+        try:
+            load = run_wrk(port, seconds, connections, args.client_threads, workdir, file)
+        finally:
+            if apart:
+                resumed = time.monotonic()
+                os.killpg(GROUPS["worker"], signal.SIGCONT)
         # Accepted = statements in the 2xx answers read before the last one (the requests wrk
         # abandons when it stops are finished by the server, but not in the timed window).
         load.statements = load.ok * per_request
         if stream:  # evaluated = until the consumer has committed (and acknowledged) them all
             done = wait_drained(world, before + load.statements, args.drain_timeout)
-            load.evaluated_seconds = done - load.first
+            # (apart: from when the consumer resumed: its catch-up rate with the machine to
+            # itself)
+            load.evaluated_seconds = done - (resumed if apart else load.first)
         else:  # stored and evaluated inside each request
             load.evaluated_seconds = load.seconds
         load.load = (load_before, os.getloadavg()[0])
@@ -1086,6 +1100,17 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
             f"{s.limited} rate limited{', requests ran out' if s.exhausted else ''}; load "
             f"{s.load[0]:.1f} -> {s.load[1]:.1f})"
         )
+        if stream:
+            a = xapi_load(
+                1, int(args.seconds * args.single_cap), args.connections, args.seconds, True
+            )
+            results.single_apart.append(a)
+            log(
+                f"run {attempt} single, consumer paused during the run: "
+                f"{a.statements_per_s:,.0f} statements/s accepted; then stored and evaluated "
+                f"at {a.evaluated_per_s:,.0f}/s ({a.bad} not 2xx; load {a.load[0]:.1f} -> "
+                f"{a.load[1]:.1f})"
+            )
         b = xapi_load(
             args.batch, int(args.seconds * args.batch_cap), args.batch_connections, args.seconds
         )
@@ -1199,6 +1224,21 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
             + ", ".join(f"{n} {share[n]:,.0f}" for n in names if share[n] >= 0.5)
         )
 
+    if results.single_apart:
+        apart = median([r.statements_per_s for r in results.single_apart])
+        catch_up = median([r.evaluated_per_s for r in results.single_apart])
+        print(
+            f"  single statements with the consumer paused during the run (its own host): "
+            f"accepted {apart:,.0f}/s (runs "
+            f"{runs([r.statements_per_s for r in results.single_apart])}) = "
+            f"{apart / ref if ref else float('nan'):.0%} of the reference; then stored and "
+            f"evaluated by the consumer alone at {catch_up:,.0f}/s (runs "
+            f"{runs([r.evaluated_per_s for r in results.single_apart])})"
+        )
+        out["single_apart_statements_per_s"] = round(apart, 1)
+        out["single_apart_ratio"] = round(apart / ref, 3) if ref else None
+        out["single_apart_catch_up_per_s"] = round(catch_up, 1)
+        out["single_apart_runs"] = [r.summary() for r in results.single_apart]
     cpu_line("reference requests", results.reference, lambda r: r.ok)
     cpu_line("single statements", results.single, lambda r: r.statements)
     cpu_line("batched statements", results.batch, lambda r: r.statements)

@@ -32,6 +32,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
 import redis
@@ -178,12 +179,32 @@ class Scope:
 # ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)``, with the
 # encoder built once instead of on every call (it keeps no state between calls).
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+# The same text from the C encoder ``JSONEncoder.encode`` builds on every call, built once. No
+# circular-reference markers: JSON input cannot refer to itself (and a shared markers dict
+# could keep stale entries after a failed encode).
+_C_ENCODER: Callable[[Any, int], Sequence[str]] | None = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        None,
+        json.JSONEncoder().default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        True,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan (as json.dumps)
+    )
+)
 
 
 def canonical(value: Any) -> str:
     """JSON with sorted keys and ASCII escapes: equal content, equal text; no NUL byte or lone
     surrogate ever reaches the database (both are escaped)."""
-    return _CANONICAL(value)
+    if _C_ENCODER is None:
+        return _CANONICAL(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 def digest(text: str) -> str:

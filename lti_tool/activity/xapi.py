@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .ingest import (
+    FUTURE_SLACK,
     ActivityRef,
     ActorRef,
     IngestError,
@@ -368,26 +369,26 @@ def _context(value: Any) -> dict[str, Any] | None:
     return context
 
 
-def _kind(verb: str, result: _Result) -> tuple[ActivityKind | None, bool | None, str]:
+def _kind(
+    verb: str, success: bool | None, score: float | None, error: str | None, compile_error: bool
+) -> tuple[ActivityKind | None, bool | None, str]:
     """The kind and correctness a verb and its result mean, or None and why not."""
-    graded = result.success is not None or result.score is not None
+    graded = success is not None or score is not None
     if verb in SUBMIT_VERBS:
         if verb == "attempted" and not graded:
             return None, None, "attempted without a result (the graded statement counts)"
-        return ActivityKind.SUBMIT, result.success, ""
+        return ActivityKind.SUBMIT, success, ""
     if verb == "failed":
-        return ActivityKind.SUBMIT, False if result.success is None else result.success, ""
+        return ActivityKind.SUBMIT, False if success is None else success, ""
     if verb == "passed":
-        return ActivityKind.SUBMIT, True if result.success is None else result.success, ""
+        return ActivityKind.SUBMIT, True if success is None else success, ""
     if verb == "completed":
         if graded:
-            return ActivityKind.SUBMIT, result.success, ""
+            return ActivityKind.SUBMIT, success, ""
         return None, None, "completed without success or score"
     if verb in RUN_VERBS:
-        if result.error:
-            kind = (
-                ActivityKind.COMPILE_ERROR if result.compile_error else ActivityKind.RUNTIME_ERROR
-            )
+        if error:
+            kind = ActivityKind.COMPILE_ERROR if compile_error else ActivityKind.RUNTIME_ERROR
             return kind, None, ""
         return ActivityKind.RUN, None, ""
     if verb in HINT_VERBS:
@@ -415,6 +416,298 @@ def compare_stored(body: str) -> str:
         return body
 
 
+# -- the fast path -----------------------------------------------------------------------------
+#
+# ``parse_statement`` first tries ``_fast``: the same checks, for the shapes senders really use
+# (an Agent with an account or mbox, an Activity or GroupActivity, no stored / authority /
+# attachments), without the intermediate objects, with what depends only on a string kept in
+# small caches, and the compare text cut out of the body instead of encoded again. Anything
+# unusual or invalid makes it give up (None) before it has decided anything: the full parse
+# below then gives the answer, its field and reason, as it always has.
+
+_FAST_KEYS = frozenset(
+    ("id", "actor", "verb", "object", "result", "context", "timestamp", "version")
+)
+_OBJECT_KEYS = frozenset(("objectType", "id", "definition"))
+# Each cache holds at most _CACHE_SIZE entries (emptied when full: a course's learners and
+# exercises repeat from batch to batch) of keys at most _CACHE_KEY characters long (a few MB
+# at worst, whatever is sent).
+_CACHE_SIZE = 4096
+_CACHE_KEY = 300
+_ACCOUNTS: dict[tuple[str, str], ActorRef] = {}  # (homePage, name) of a valid account Agent
+_MBOXES: dict[str, ActorRef] = {}  # mbox of a valid mbox Agent
+_ACTIVITIES: dict[str, ActivityRef] = {}  # a valid activity id
+_VERBS: dict[str, str] = {}  # a valid verb id: its last segment
+_IRIS: dict[str, bool] = {}  # valid IRIs (object.definition.type, context activity ids)
+_STAMPS: dict[str, dt.datetime] = {}  # a valid timestamp, parsed
+_FUTURE_SLACK = FUTURE_SLACK
+_encode_str = json.encoder.encode_basestring_ascii  # what ``canonical`` does to a str
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any, length: int) -> None:
+    if length > _CACHE_KEY:
+        return
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    cache[key] = value
+
+
+def _fast_actor(actor: Any) -> ActorRef | None:
+    if type(actor) is not dict or actor.get("objectType", "Agent") != "Agent":
+        return None
+    if "name" in actor and type(actor["name"]) is not str:
+        return None
+    if "account" in actor:
+        if "mbox" in actor or "mbox_sha1sum" in actor or "openid" in actor:
+            return None
+        account = actor["account"]
+        if type(account) is not dict:
+            return None
+        home, name = account.get("homePage"), account.get("name")
+        if type(home) is not str or type(name) is not str:
+            return None
+        key = (home, name)
+        ref = _ACCOUNTS.get(key)
+        if ref is None:
+            # As _actor: a valid homePage IRI, a name of text.
+            if not _fast_iri(home, "actor.account.homePage"):
+                return None
+            if name == "" or clean_text(name, MAX_NAME) is None:
+                return None
+            ref = ActorRef(
+                describe=f"account.name {short(name)!r}", keys=(name,), subs=(name,), emails=()
+            )
+            _remember(_ACCOUNTS, key, ref, len(home) + len(name))
+        return ref
+    if "mbox" in actor:
+        if "mbox_sha1sum" in actor or "openid" in actor:
+            return None
+        mbox = actor["mbox"]
+        if type(mbox) is not str:
+            return None
+        ref = _MBOXES.get(mbox)
+        if ref is None:
+            ref = _actor(actor, "actor")
+            _remember(_MBOXES, mbox, ref, len(mbox))
+        return ref
+    return None
+
+
+def _fast_iri(value: Any, name: str) -> bool:
+    if type(value) is not str:
+        return False
+    if value not in _IRIS:
+        _iri(value, name)
+        _remember(_IRIS, value, True, len(value))
+    return True
+
+
+def _fast_language_map(value: Any) -> bool:
+    if value is None:
+        return True
+    if type(value) is not dict:
+        return False
+    for text in value.values():  # noqa: SIM110 (a loop: no generator per call)
+        if type(text) is not str:
+            return False
+    return True
+
+
+def _fast_context(context: dict[str, Any]) -> bool | None:
+    """Whether the statement is one question of a GroupActivity; None to give up."""
+    if "registration" in context:
+        registration = context["registration"]
+        if type(registration) is not str or not _UUID.match(registration):
+            return None
+    extensions = context.get("extensions")
+    if extensions is not None and type(extensions) is not dict:
+        return None
+    activities = context.get("contextActivities")
+    if activities is None:
+        return False
+    if type(activities) is not dict:
+        return None
+    group = False
+    for key, entry in activities.items():
+        if type(entry) is not list:
+            return None  # a single object: the full parse
+        for activity in entry:
+            if type(activity) is not dict or not _fast_iri(activity.get("id"), "context"):
+                return None
+            if key == "parent" and activity.get("objectType") == "GroupActivity":
+                group = True
+    return group
+
+
+def _fast(
+    value: dict[str, Any], index: int, received_at: dt.datetime, statement_id: str | None
+) -> Item | None:
+    """The Item for an ordinary valid statement, or None (the full parse decides)."""
+    for key in value:
+        if key not in _FAST_KEYS:
+            return None
+    reply_id = statement_id
+    if "id" in value:
+        given = value["id"]
+        if type(given) is not str or not _UUID.match(given):
+            return None
+        reply_id = given.lower()
+        if statement_id is not None and reply_id != statement_id:
+            return None
+    if "version" in value:
+        version = value["version"]
+        if type(version) is not str or not version.startswith("1.0"):
+            return None
+    actor = _fast_actor(value.get("actor"))
+    if actor is None:
+        return None
+
+    verb = value.get("verb")
+    if type(verb) is not dict:
+        return None
+    verb_id = verb.get("id")
+    if type(verb_id) is not str:
+        return None
+    segment = _VERBS.get(verb_id)
+    if segment is None:
+        segment = _last_segment(_iri(verb_id, "verb.id"))
+        _remember(_VERBS, verb_id, segment, len(verb_id))
+    if not _fast_language_map(verb.get("display")):
+        return None
+
+    obj = value.get("object")
+    if type(obj) is not dict:
+        return None
+    object_type = obj.get("objectType", "Activity")
+    if object_type != "Activity" and object_type != "GroupActivity":
+        return None
+    activity_id = obj.get("id")
+    if type(activity_id) is not str:
+        return None
+    activity = _ACTIVITIES.get(activity_id)
+    if activity is None:
+        _iri(activity_id, "object.id")
+        activity = ActivityRef(
+            describe=f"object.id {short(activity_id)!r}", activity_id=activity_id, iri=True
+        )
+        _remember(_ACTIVITIES, activity_id, activity, len(activity_id))
+    definition = obj.get("definition")
+    if definition is not None:
+        if type(definition) is not dict:
+            return None
+        if not _fast_language_map(definition.get("name")) or not _fast_language_map(
+            definition.get("description")
+        ):
+            return None
+        if "type" in definition and not _fast_iri(definition["type"], "object.definition.type"):
+            return None
+
+    success: bool | None = None
+    score: float | None = None
+    error: str | None = None
+    compile_error = False
+    result = value.get("result")
+    if result is not None:
+        if type(result) is not dict:
+            return None
+        success = result.get("success")
+        if success is not None and type(success) is not bool:
+            return None
+        completion = result.get("completion")
+        if completion is not None and type(completion) is not bool:
+            return None
+        if "response" in result and type(result["response"]) is not str:
+            return None
+        if "duration" in result:
+            duration = result["duration"]
+            if type(duration) is not str or not _DURATION.match(duration):
+                return None
+        found = result.get("score")
+        if found is not None:
+            if type(found) is not dict:
+                return None
+            score = _score(found)
+        extensions = result.get("extensions")
+        if extensions is not None:
+            if type(extensions) is not dict:
+                return None
+            if extensions:
+                error, compile_error = _error(extensions)
+
+    group = False
+    context = value.get("context")
+    if context is not None:
+        if type(context) is not dict:
+            return None
+        part = _fast_context(context)
+        if part is None:
+            return None
+        group = part
+
+    occurred_at = received_at
+    stamp = None
+    if "timestamp" in value:
+        stamp = value["timestamp"]
+        if type(stamp) is not str:
+            return None
+        parsed = _STAMPS.get(stamp)
+        if parsed is None:
+            parsed = parse_timestamp(stamp)
+            if parsed is None:
+                return None
+            _remember(_STAMPS, stamp, parsed, len(stamp))
+        if parsed > received_at + _FUTURE_SLACK:
+            return None
+        occurred_at = parsed
+
+    # Valid: from here on nothing gives up.
+    if reply_id is None:
+        reply_id = str(uuid.uuid4())
+    statement = {**value, "id": reply_id}
+    body = canonical(statement)
+    # The compare text, cut out of the body. Its keys are sorted: actor, context, id, object,
+    # result, timestamp, verb, version (each but actor, id, object, verb optional); the compare
+    # text leaves out the timestamp and version (NOT_COMPARED) and the object's definition.
+    verb_entry = ',"verb":' + canonical(verb)
+    end = len(body) - 1 - len(verb_entry)
+    if "version" in value:
+        end -= 11 + len(_encode_str(value["version"]))  # ',"version":'
+    if stamp is not None:
+        end -= 13 + len(_encode_str(stamp))  # ',"timestamp":'
+    if "definition" not in obj:
+        compare = body[:end] + verb_entry + "}"
+    elif obj.keys() <= _OBJECT_KEYS:
+        # '"object":{"definition":D,' + the rest, with no key sorting before "definition".
+        stripped = canonical({k: v for k, v in obj.items() if k != "definition"})
+        object_end = end - (10 + len(canonical(result)) if "result" in value else 0)
+        object_start = object_end - 24 - len(canonical(definition)) - len(stripped)
+        compare = (
+            body[:object_start] + ',"object":' + stripped + body[object_end:end] + verb_entry + "}"
+        )
+    else:
+        compare = comparable(statement)
+    item = Item(
+        index=index,
+        external_id=reply_id,
+        body=body,
+        compare=compare,
+        reply_id=reply_id,
+        actor=actor,
+        activity=activity,
+    )
+    if group:
+        item.note = "one question of a multi-question problem (its GroupActivity counts)"
+        return item
+    kind, correct, why_not = _kind(segment, success, score, error, compile_error)
+    if kind is None:
+        item.note = why_not
+        return item
+    item.event = Normalised(
+        kind=kind, occurred_at=occurred_at, correct=correct, score=score, error=error
+    )
+    return item
+
+
 def parse_statement(
     value: Any, index: int, received_at: dt.datetime, statement_id: str | None = None
 ) -> Item:
@@ -422,6 +715,13 @@ def parse_statement(
 
     ``statement_id`` is the PUT's ``statementId``; a statement without an id gets a new UUID.
     """
+    if type(value) is dict:
+        try:
+            fast = _fast(value, index, received_at, statement_id)
+        except _Invalid:
+            fast = None
+        if fast is not None:
+            return fast
     if not isinstance(value, dict):
         return invalid_item(index, value, "statement", "must be a JSON object")
     reply_id = statement_id
@@ -480,7 +780,9 @@ def parse_statement(
     if _part_of_group(context):
         item.note = "one question of a multi-question problem (its GroupActivity counts)"
         return item
-    kind, correct, why_not = _kind(_last_segment(verb_id), result)
+    kind, correct, why_not = _kind(
+        _last_segment(verb_id), result.success, result.score, result.error, result.compile_error
+    )
     if kind is None:
         item.note = why_not
         return item
