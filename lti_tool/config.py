@@ -167,6 +167,9 @@ class Settings:
     # Stream mode: the stream is split into this many partitions by learner, each with its own
     # consumer process in ``lifeline worker`` (one learner's events stay in order).
     ingest_partitions: int = 2
+    # Requests per minute that one activity credential (an LRS, an exporter) may send; None:
+    # ``activity.ingest.LIMITS`` (600).
+    activity_rate_limit: int | None = None
     # The xAPI fast path (web/fastpath.py): the ordinary successful POST / PUT of statements in
     # stream mode is answered in plain WSGI, outside Flask (the same answer); off: every request
     # goes through Flask.
@@ -241,6 +244,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         ingest_mode=_ingest_mode(_get(env, "INGEST_MODE") or "stream"),
         xapi_fast_path=_bool(env, "XAPI_FAST_PATH", True),
         ingest_partitions=_ingest_partitions(_int(env, "INGEST_PARTITIONS", 2, minimum=1)),
+        activity_rate_limit=_int(env, "ACTIVITY_RATE_LIMIT", 0, minimum=1) or None,
         proxy_count=_int(env, "PROXY_COUNT", 0),
         jwt_leeway=_int(env, "JWT_LEEWAY", 60),
         login_ttl=_int(env, "LOGIN_TTL", 600, minimum=30),

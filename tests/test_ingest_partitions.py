@@ -239,3 +239,33 @@ def test_a_bad_partition_count_stops_start_up_naming_the_variable(value: str) ->
     assert settings_from_env(base).ingest_partitions == 2
     with pytest.raises(ConfigError, match="INGEST_PARTITIONS"):
         settings_from_env({**base, "LIFELINE_INGEST_PARTITIONS": value})
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_the_rate_limit_per_credential_is_a_setting(
+    app: Flask, platform: Any, settings: Settings, fast_path: bool
+) -> None:
+    from lti_tool import create_app
+
+    limited = create_app(settings.with_overrides(activity_rate_limit=2, xapi_fast_path=fast_path))
+    course = make_course(limited, platform, learners=("alice",))
+    codes = []
+    for _ in range(3):
+        stmt = statement("alice", LINK1, success=False)
+        answer = course.client.put(
+            f"/xapi/statements?statementId={stmt['id']}", json=stmt, headers=course.xapi()
+        )
+        codes.append(answer.status_code)
+    assert codes == [204, 204, 429]
+    assert "More than 2 requests in a minute" in answer.get_json()["detail"]
+    assert int(answer.headers["Retry-After"]) >= 1
+    with pytest.raises(ConfigError, match="ACTIVITY_RATE_LIMIT"):
+        settings_from_env(
+            {
+                "LIFELINE_DATABASE_URL": "sqlite:///x.db",
+                "LIFELINE_REDIS_URL": "redis://127.0.0.1:6379/0",
+                "LIFELINE_SECRET_KEY": "k" * 40,
+                "LIFELINE_BASE_URL": "https://lifeline.example.edu",
+                "LIFELINE_ACTIVITY_RATE_LIMIT": "0",
+            }
+        )

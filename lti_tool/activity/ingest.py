@@ -67,7 +67,7 @@ class Limits:
 
     max_body: int = 1024 * 1024  # bytes per request
     max_batch: int = 500  # statements / rows / events per request
-    per_credential_per_minute: int = 600  # requests per Basic credential
+    per_credential_per_minute: int = 600  # requests per Basic credential (setting overrides)
     per_learner_per_minute: int = 120  # SDK requests per learner token
 
 

@@ -39,6 +39,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..activity import credentials, ingest, pipeline, progsnap2, sdk, xapi
 from ..activity.credentials import CredentialInfo, SdkIdentity, SdkTokenError
 from ..activity.ingest import CONFLICT, INVALID, IngestError, Item, Scope, StoreOutcome
+from ..config import Settings
 from ..courses import Exercise
 from ..db import utcnow
 from ..launches import ActiveLaunch, load
@@ -376,14 +377,16 @@ def _answer(answer: tuple[int, Any, str | None]) -> Response:
     return response
 
 
-def credential_rate(credential: CredentialInfo) -> tuple[str, int]:
-    """The rate-limit bucket of a Basic credential and its requests per minute."""
-    return f"cred:{credential.id}", ingest.LIMITS.per_credential_per_minute
+def credential_rate(credential: CredentialInfo, settings: Settings) -> tuple[str, int]:
+    """The rate-limit bucket of a Basic credential and its requests per minute
+    (``LIFELINE_ACTIVITY_RATE_LIMIT``)."""
+    limit = settings.activity_rate_limit or ingest.LIMITS.per_credential_per_minute
+    return f"cred:{credential.id}", limit
 
 
 def _credential_options(credential: CredentialInfo) -> dict[str, Any]:
     return {
-        "rate": credential_rate(credential),
+        "rate": credential_rate(credential, current_services().settings),
         "credential_id": credential.id,
         "compare": xapi.compare_stored,
     }

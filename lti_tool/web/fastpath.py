@@ -155,7 +155,7 @@ class XapiFastPath:
                 "xapi",
                 items,
                 now=now,
-                rate=credential_rate(credential),
+                rate=credential_rate(credential, self.services.settings),
                 credential_id=credential.id,
                 strict=single,
             )
