@@ -40,6 +40,7 @@ from sqlalchemy import ColumnElement, Integer, String, Table, any_, bindparam, f
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from .. import fastjson
 from ..courses import Course, Exercise, Person
 from ..db import utcnow
 from .model import ActivityKind, ActivityRecord, RawEvent, StoredRecord
@@ -563,12 +564,6 @@ def _plan(item: Item, resolver: Resolver) -> _Planned:
     return _Planned(item, ACCEPTED, None, learner, exercise)
 
 
-def _json_default(value: Any) -> str:
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _bulk_insert(
     session: Session,
     table: Table,
@@ -596,7 +591,7 @@ def _bulk_insert(
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({record_type})"
             f"{skip} RETURNING {returning[0]}, {returning[1]}"
         )
-        payload = json.dumps(rows, default=_json_default, separators=(",", ":"))
+        payload = fastjson.dumps(rows)
         # .all(): one fetch of every row (iterating a result fetches them one call at a time).
         return [(a, b) for a, b in session.execute(sql, {"rows": payload}).all()]
     upsert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert

@@ -61,6 +61,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from .. import fastjson
 from ..db import Database, utcnow
 from . import credentials
 from .ingest import (
@@ -194,7 +195,6 @@ class Entry:
     items: list[Item]
 
 
-_ENTRY_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode  # built once
 
 
 def encode_entry(
@@ -205,7 +205,7 @@ def encode_entry(
     items: Sequence[Item],
     digests: Sequence[str],
 ) -> str:
-    return _ENTRY_JSON(
+    return fastjson.dumps(
         {
             "v": PAYLOAD_VERSION,
             "s": source,
@@ -222,7 +222,7 @@ def decode_entry(stream_id: str, fields: dict[str, str]) -> Entry:
     """The entry's items, with the verdicts of the accept script applied: an item already
     known with the same content is left out, one known with other content becomes a conflict
     (kept aside, never replacing the first)."""
-    data = json.loads(fields["d"])
+    data = fastjson.loads(fields["d"])
     if data.get("v") != PAYLOAD_VERSION:
         raise ValueError(f"unknown entry version {data.get('v')!r}")
     received_at = dt.datetime.fromisoformat(data["t"])

@@ -37,6 +37,7 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from .. import fastjson
 from ..activity.ingest import in_values, pairs_in
 from ..activity.model import ActivityKind, ActivityRecord, StoredRecord
 from ..bus import PENDING
@@ -204,7 +205,7 @@ def _bulk_update(
             f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS x({columns}) "
             f"WHERE t.course_id = :course AND {match}"
         )
-        payload = json.dumps(rows, separators=(",", ":"))
+        payload = fastjson.dumps(rows)
         session.execute(sql, {"rows": payload, "now": now, "course": course_id})
         return
     stmt = (
@@ -509,8 +510,8 @@ class DbStore:
                 "SELECT (SELECT count(*) FROM e), (SELECT count(*) FROM l)"
             ),
             {
-                "exercises": json.dumps(exercises, separators=(",", ":")),
-                "learners": json.dumps(learners, separators=(",", ":")),
+                "exercises": fastjson.dumps(exercises),
+                "learners": fastjson.dumps(learners),
                 "now": utcnow(),
                 "course": self.course_id,
             },
@@ -640,7 +641,7 @@ class DbPeers(PeerStats):
                     "AND t.exercise_key IN (SELECT exercise_key FROM locked) "
                     "AND t.exercise_key = x.exercise_key"
                 ),
-                {"rows": json.dumps(rows), "now": now, "course": self.course_id, "keys": keys},
+                {"rows": fastjson.dumps(rows), "now": now, "course": self.course_id, "keys": keys},
             )
             return
         current = {
