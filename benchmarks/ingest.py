@@ -1007,6 +1007,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup, results: Results) -> None:
             # Several runs a minute from one course's 50 credentials would pass the default
             # 600 requests per credential per minute: the limit is not what is measured here.
             "LIFELINE_ACTIVITY_RATE_LIMIT": "1000000",
+            "LIFELINE_INGEST_PARTITIONS": str(args.partitions),
         }
     )
     log("lifeline db upgrade")
@@ -1180,7 +1181,8 @@ def report(args: argparse.Namespace, results: Results) -> dict[str, Any]:
     print(f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}")
     print(
         f"lifeline serve: {args.workers} gevent workers x {args.worker_connections} connections;"
-        f" ingest mode {args.ingest_mode}; {RULES} rules; {args.runs} runs of {args.seconds:g} s;"
+        f" ingest mode {args.ingest_mode}, {args.partitions} partitions; {RULES} rules;"
+        f" {args.runs} runs of {args.seconds:g} s;"
         f" wrk {args.client_threads} threads; load average during the runs "
         f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f}"
     )
@@ -1286,6 +1288,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between events")
     parser.add_argument("--timeout", type=float, default=5.0, help="per event")
     parser.add_argument("--workers", type=int, default=2, help="lifeline serve --workers")
+    parser.add_argument(
+        "--partitions", type=int, default=2, help="LIFELINE_INGEST_PARTITIONS (consumers)"
+    )
     parser.add_argument("--worker-connections", type=int, default=1000)
     parser.add_argument(
         "--ingest-mode",
