@@ -789,22 +789,7 @@ def tick(session: Session, now: dt.datetime | None = None) -> list[Offer]:
 
 
 def record_offer(session: Session, kind: str, offer: Offer, **extra: Any) -> None:
-    events.record(
-        session,
-        kind,
-        "lifeline",
-        course_id=offer.course_id,
-        data={
-            "learner_id": offer.learner_id,
-            "offer_id": offer.id,
-            "exercise_id": offer.exercise_id,
-            "rule": offer.rule,
-            "level": offer.level,
-            "severity": offer.severity,
-            "status": offer.status,
-            **extra,
-        },
-    )
+    events.record(session, **_offer_event(kind, offer, offer.status, **extra))
 
 
 def open_offers(session: Session, learner_id: int, course_id: int) -> list[Offer]:
