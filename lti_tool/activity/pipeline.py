@@ -195,8 +195,6 @@ class Entry:
     items: list[Item]
 
 
-
-
 def encode_entry(
     scope: Scope,
     source: str,
