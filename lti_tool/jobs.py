@@ -402,7 +402,9 @@ class LifelineWorker(Worker):
         if self.connection.set(SWEEP_KEY, self.name, nx=True, ex=SWEEP_EVERY):
             self.queues[0].enqueue(SWEEP, **_job_options())
         if _ingest_consumer is not None:
-            _ingest_consumer.ensure()  # the ingestion consumer died: start another
+            # A consumer that died is started again; a partition the web writes to that this
+            # worker does not consume yet (its setting is higher) gets a consumer.
+            _ingest_consumer.ensure(self.connection)
 
 
 def _reap(pids: list[int]) -> list[int]:

@@ -269,3 +269,24 @@ def test_the_rate_limit_per_credential_is_a_setting(
                 "LIFELINE_ACTIVITY_RATE_LIMIT": "0",
             }
         )
+
+
+def test_a_worker_with_fewer_partitions_than_the_web_starts_a_consumer_for_the_others(
+    app: Flask, course: Course_, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web (2 partitions) wrote to partition 1; a worker configured for 1 finds it at its
+    next maintenance and starts a consumer process for it."""
+    body = [statement(actor, LINK1, success=False) for actor in LEARNERS]
+    assert post(course, body).status_code == 200
+    for name, value in cli_env(app).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LIFELINE_INGEST_PARTITIONS", "1")
+    processes = pipeline.ConsumerProcesses(1)
+    processes.start()
+    try:
+        processes.ensure(services(app).redis)
+        assert [p.partition for p in processes.processes] == [0, 1]
+        wait_for(lambda: len(records(app)) == len(LEARNERS), timeout=60, what="all stored")
+        assert lengths(app) == [0, 0]
+    finally:
+        processes.stop()

@@ -1151,9 +1151,20 @@ class ConsumerProcesses:
         for process in self.processes:
             process.start()
 
-    def ensure(self) -> None:
+    def ensure(self, client: redis.Redis | None = None) -> None:
+        """Start again the processes that died; with ``client``, also one for any partition
+        that holds entries and has no process here (the web's setting is higher than this
+        worker's: what it accepts must not wait for a restart)."""
         for process in self.processes:
             process.ensure()
+        if client is None:
+            return
+        with contextlib.suppress(redis.RedisError):
+            wanted = partitions_in_use(client, len(self.processes))
+            for partition in range(len(self.processes), wanted):
+                process = ConsumerProcess(partition)
+                process.start()
+                self.processes.append(process)
 
     def stop(self, timeout: float = 5.0) -> None:
         for process in self.processes:
