@@ -7,6 +7,7 @@ across the asynchronous boundary, order per learner, the live offer, and the fal
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -502,9 +503,11 @@ def own_redis() -> Iterator[RedisServer]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_a_redis_restart_keeps_accepted_and_pending_entries(
+@contextlib.contextmanager
+def course_on_own_redis(
     database: Any, own_redis: RedisServer, settings: Settings, jwks_server: Any
-) -> None:
+) -> Iterator[tuple[Flask, Course_]]:
+    """An app whose Redis is ``own_redis`` (a test may stop or kill it), with a course."""
     from lti_tool import create_app
     from lti_tool.courses import recent_launches
     from lti_tool.web import lti as lti_views
@@ -518,7 +521,16 @@ def test_a_redis_restart_keeps_accepted_and_pending_entries(
     try:
         lms = TestPlatform(jwks_server)
         lms.register(app)
-        course = make_course(app, lms)
+        yield app, make_course(app, lms)
+    finally:
+        services(app).hub.stop()
+        services(app).db.dispose()
+
+
+def test_a_redis_restart_keeps_accepted_and_pending_entries(
+    database: Any, own_redis: RedisServer, settings: Settings, jwks_server: Any
+) -> None:
+    with course_on_own_redis(database, own_redis, settings, jwks_server) as (app, course):
         for actor in ("alice", "bob"):
             assert put(course, statement(actor, LINK1, success=False)).status_code == 204
         reader = consumer(app)
@@ -533,9 +545,6 @@ def test_a_redis_restart_keeps_accepted_and_pending_entries(
         assert consumer(app).drain() == 4
         assert len(records(app)) == 4
         assert pending(app) == 0
-    finally:
-        services(app).hub.stop()
-        services(app).db.dispose()
 
 
 def test_lifeline_worker_runs_the_consumer_in_a_process_of_its_own(

@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +26,7 @@ from lti_tool.detection.models import DetectionExerciseState
 from lti_tool.web import SECURITY_HEADERS
 from lti_tool.web.fastpath import XapiFastPath
 from tests.activity_helpers import XAPI, Course_, basic, make_course, raw_events, records, statement
-from tests.test_ingest_pipeline import RedisServer
+from tests.test_ingest_pipeline import RedisServer, course_on_own_redis, own_redis  # noqa: F401
 
 LINK1 = "https://lms.example.edu/activity/link-1"
 LINK2 = "https://lms.example.edu/activity/link-2"
@@ -357,37 +354,14 @@ def test_statements_accepted_fast_are_stored_and_evaluated_by_the_consumer(
 # -- Redis down ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    assert shutil.which("redis-server"), "redis-server is not installed (run `make test`)"
-    workdir = Path(tempfile.mkdtemp(prefix="lifeline-fastpath-redis-"))
-    server = RedisServer(workdir)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(workdir, ignore_errors=True)
-
-
 def test_with_redis_down_statements_are_stored_in_the_request(
     database: Any,
-    own_redis: RedisServer,
+    own_redis: RedisServer,  # noqa: F811 - the fixture of test_ingest_pipeline
     settings: Settings,
     jwks_server: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from lti_tool.courses import recent_launches
-    from lti_tool.web import lti as lti_views
-    from tests.conftest import _truncate
-    from tests.platform import TestPlatform
-
-    _truncate(database)
-    recent_launches.clear()
-    lti_views._last_noted.clear()
-    app = create_app(settings.with_overrides(redis_url=own_redis.url))
-    try:
-        lms = TestPlatform(jwks_server)
-        lms.register(app)
-        course = make_course(app, lms)
+    with course_on_own_redis(database, own_redis, settings, jwks_server) as (app, course):
         monkeypatch.setattr(credentials, "CACHE_SECONDS", 600.0)
         warm = [statement("bob", LINK2, success=True) for _ in range(2)]
         for stmt in warm:  # Flask looks the credential up, then it is served fast
@@ -408,9 +382,6 @@ def test_with_redis_down_statements_are_stored_in_the_request(
         stored = {r.external_id for r in raw_events(app)}
         assert {stmt["id"], single["id"]} <= stored
         assert not stored & {w["id"] for w in warm}  # those are in the stream
-    finally:
-        app.extensions["lifeline"].hub.stop()
-        app.extensions["lifeline"].db.dispose()
 
 
 def test_basic_credentials_are_read_as_flask_reads_them(app: Flask, course: Course_) -> None:
