@@ -11,7 +11,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +35,9 @@ from lti_tool.web import SECURITY_HEADERS
 from lti_tool.web.fastpath import XapiFastPath
 from tests.activity_helpers import XAPI, Course_, basic, make_course, raw_events, records, statement
 from tests.test_ingest_pipeline import RedisServer, course_on_own_redis, own_redis  # noqa: F401
+from tests.test_streams import free_port
 
+LIFELINE = str(Path(sys.executable).with_name("lifeline"))
 LINK1 = "https://lms.example.edu/activity/link-1"
 LINK2 = "https://lms.example.edu/activity/link-2"
 
@@ -406,3 +416,100 @@ def test_the_switch_is_a_setting() -> None:
     assert settings_from_env(env).xapi_fast_path is True
     assert settings_from_env({**env, "LIFELINE_XAPI_FAST_PATH": "0"}).xapi_fast_path is False
     assert settings_from_env({**env, "LIFELINE_XAPI_FAST_PATH": "false"}).xapi_fast_path is False
+
+
+# -- under gunicorn, over real sockets -----------------------------------------------------------
+
+
+def _exchange(sock: socket.socket, request: bytes, chunks: int = 1) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request on a keep-alive connection (in ``chunks`` TCP writes, with
+    pauses, as a slow client does) and read its response."""
+    step = max(1, len(request) // chunks)
+    for start in range(0, len(request), step):
+        sock.sendall(request[start : start + step])
+        if chunks > 1:
+            time.sleep(0.05)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?i)content-length: *(\d+)", head)
+    length = int(found.group(1)) if found else 0  # (a 204 has no body and no length)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ")[1]), body
+
+
+def _request(method: str, url: str, body: bytes, course: Course_) -> bytes:
+    headers = {**course.xapi(), "Content-Type": "application/json", "Host": "127.0.0.1"}
+    lines = [f"{method} {url} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_lifeline_serve_answers_through_the_fast_path_over_real_sockets(
+    app: Flask, course: Course_, tmp_path: Path
+) -> None:
+    """gunicorn's gevent worker, keep-alive, a body that arrives in pieces, a refusal after the
+    fast path read the body: the same answers as in process, and the statements queued."""
+    svc = app.extensions["lifeline"]
+    settings = svc.settings
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env.update(
+        LIFELINE_DATABASE_URL=settings.database_url,
+        LIFELINE_REDIS_URL=settings.redis_url,
+        LIFELINE_SECRET_KEY=settings.secret_key,
+        LIFELINE_BASE_URL=f"http://127.0.0.1:{port}",
+        LIFELINE_INSTANCE_PATH=str(tmp_path),
+        LIFELINE_INGEST_MODE="stream",
+        LIFELINE_INGEST_PARTITIONS="1",
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [LIFELINE, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "lifeline serve did not start"
+                time.sleep(0.1)
+        with sock:
+            stmts = [statement("alice", LINK1, success=False) for _ in range(3)]
+            put = [
+                _request(
+                    "PUT", f"/xapi/statements?statementId={s['id']}", json.dumps(s).encode(), course
+                )
+                for s in stmts
+            ]
+            assert _exchange(sock, put[0]) == (204, b"")  # Flask: the credential is looked up
+            assert _exchange(sock, put[1], chunks=4) == (204, b"")  # fast path, body in pieces
+            assert _exchange(sock, put[1]) == (204, b"")  # a repeat: duplicate
+            single = statement("bob", LINK1, success=True)
+            status, body = _exchange(
+                sock, _request("POST", "/xapi/statements", json.dumps(single).encode(), course)
+            )
+            assert (status, json.loads(body)) == (200, [single["id"]])
+            status, body = _exchange(
+                sock, _request("POST", "/xapi/statements", b'{"actor": ', course), chunks=2
+            )
+            assert status == 400 and json.loads(body)["field"] == "body"  # Flask's answer
+            status, body = _exchange(sock, put[2])
+            assert status == 204  # the connection is still in step after the refusal
+        queued = [json.loads(f[b"d"])["i"][0][1] for _, f in svc.redis.xrange(pipeline.STREAM)]
+        # After the fixture's warm-up: each new statement once (the repeat was not queued).
+        assert queued[-4:] == [stmts[0]["id"], stmts[1]["id"], single["id"], stmts[2]["id"]]
+        assert len(queued) == 5
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
+        log.close()
