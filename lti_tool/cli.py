@@ -274,12 +274,15 @@ def demo(host: str, port: int) -> None:
     # Inline jobs schedule nothing ahead: this thread expires and escalates requests instead.
     start_sweeper(app.extensions[EXTENSION].jobs)
     if settings.ingest_mode == "stream":  # activity accepted into the stream is stored here
-        from .activity.pipeline import start_thread
+        import threading
 
-        start_thread(
+        from .activity.pipeline import start_threads
+
+        start_threads(
             app.extensions[EXTENSION].db,
             app.extensions[EXTENSION].redis,
             settings.stream_partitions,
+            threading.Event(),  # never set: daemon threads end with the process
         )
     click.echo(
         startup_text(

@@ -440,14 +440,11 @@ def run_worker(
             name=name,
             logging_level=logging_level,
         )
-    from .activity.pipeline import ConsumerProcesses, partitions_in_use
+    from .activity.pipeline import ConsumerProcesses
 
-    partitions = settings.stream_partitions
-    with contextlib.suppress(redis.RedisError):  # Redis down: its consumers wait for it anyway
-        probe = make_job_redis(settings.redis_url, REDIS_SOCKET_TIMEOUT)
-        partitions = partitions_in_use(probe, partitions)
-        probe.close()
-    _ingest_consumer = ConsumerProcesses(partitions)
+    # Any partition beyond the setting that holds entries gets a process at the worker's first
+    # maintenance, which RQ runs as it starts (``ConsumerProcesses.ensure``).
+    _ingest_consumer = ConsumerProcesses(settings.stream_partitions)
     _ingest_consumer.start()
     try:
         return _run_rq_worker(

@@ -290,3 +290,30 @@ def test_a_worker_with_fewer_partitions_than_the_web_starts_a_consumer_for_the_o
         assert lengths(app) == [0, 0]
     finally:
         processes.stop()
+
+
+def test_activity_consume_without_a_partition_consumes_them_all(
+    app: Flask, course: Course_, tmp_path: Path
+) -> None:
+    body = [statement(actor, LINK1, success=False) for actor in LEARNERS]
+    assert post(course, body).status_code == 200
+    assert all(n > 0 for n in lengths(app))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env.update(cli_env(app), LIFELINE_INGEST_PARTITIONS="2")
+    log = (tmp_path / "consume.log").open("wb")
+    consume = subprocess.Popen(
+        [str(Path(sys.executable).with_name("lifeline")), "activity", "consume"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: len(records(app)) == len(LEARNERS), timeout=60, what="both stored")
+    finally:
+        consume.terminate()
+        consume.wait(timeout=30)
+        log.close()
+    output = (tmp_path / "consume.log").read_text()
+    assert "(partition 0)" in output and "(partition 1)" in output, output
+    assert consume.returncode == 0, output
+    assert lengths(app) == [0, 0]

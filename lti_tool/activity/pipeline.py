@@ -501,8 +501,7 @@ def accept(
     return Accepted([results[i.index] for i in items], entry_id if status == 1 else None)
 
 
-_scripts: dict[int, Any] = {}
-_tries_scripts: dict[int, Any] = {}
+_scripts: dict[tuple[int, str], Any] = {}
 
 # HINCRBY of every entry read (ARGV) in TRIES (KEYS[1]); the new counts, in order.
 TRIES_SCRIPT = """
@@ -512,13 +511,6 @@ for i, entry_id in ipairs(ARGV) do
 end
 return counts
 """
-
-
-def _tries_script(client: redis.Redis) -> Any:
-    found = _tries_scripts.get(id(client))
-    if found is None or found[0] is not client:
-        found = _tries_scripts[id(client)] = (client, client.register_script(TRIES_SCRIPT))
-    return found[1]
 
 
 def _evalsha(client: redis.Redis, script: Any, numkeys: int, *keys_and_args: Any) -> Any:
@@ -552,10 +544,11 @@ def _send(client: redis.Redis, *command: Any) -> Any:
         pool.release(conn)
 
 
-def _script(client: redis.Redis) -> Any:
-    found = _scripts.get(id(client))
+def _script(client: redis.Redis, source: str = ACCEPT_SCRIPT) -> Any:
+    """``source`` registered with this client (once per client: its SHA is kept)."""
+    found = _scripts.get((id(client), source))
     if found is None or found[0] is not client:
-        found = _scripts[id(client)] = (client, client.register_script(ACCEPT_SCRIPT))
+        found = _scripts[(id(client), source)] = (client, client.register_script(source))
     return found[1]
 
 
@@ -668,6 +661,7 @@ class Consumer:
     leader: str = field(init=False, default=LEADER)
     tries: str = field(init=False, default=TRIES)
     errors: str = field(init=False, default=ERRORS)
+    thread: threading.Thread | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.stream = stream_key(self.partition)
@@ -844,7 +838,7 @@ class Consumer:
             return [int(n) for n in pipe.execute()]
         # One command for the whole read (not one HINCRBY each): the same counts, a fraction
         # of the client's and Redis's CPU when many single-statement entries come at once.
-        counted: Any = _tries_script(self.client)(keys=[self.tries], args=entry_ids)
+        counted: Any = _script(self.client, TRIES_SCRIPT)(keys=[self.tries], args=entry_ids)
         return [int(n) for n in counted]
 
     def _store(self, decoded: list[Entry], attempt: int) -> str:
@@ -974,20 +968,26 @@ class Consumer:
             log.info("ingest consumer %s stopped", self.name)
 
 
-def start_thread(
-    db: Database, client: redis.Redis, partitions: int = 1
-) -> tuple[list[threading.Thread], threading.Event]:
-    """A consumer per partition on daemon threads of this process (``lifeline demo``)."""
-    stop = threading.Event()
-    threads = []
-    for partition in range(partitions):
-        consumer = Consumer(db, client, partition=partition)
-        thread = threading.Thread(
-            target=consumer.run, args=(stop,), name=f"lifeline-ingest-{partition}", daemon=True
+def start_threads(
+    db: Database,
+    client: redis.Redis,
+    partitions: int,
+    stop: threading.Event,
+    parent_pid: int | None = None,
+    **options: Any,
+) -> list[Consumer]:
+    """A consumer per partition, each on a daemon thread of this process, until ``stop``
+    (``lifeline demo``, ``lifeline activity consume`` without ``--partition``, tests)."""
+    consumers = [Consumer(db, client, partition=n, **options) for n in range(partitions)]
+    for consumer in consumers:
+        consumer.thread = threading.Thread(
+            target=consumer.run,
+            args=(stop, parent_pid),
+            name=f"lifeline-ingest-{consumer.partition}",
+            daemon=True,
         )
-        thread.start()
-        threads.append(thread)
-    return threads, stop
+        consumer.thread.start()
+    return consumers
 
 
 def partitions_in_use(client: redis.Redis, configured: int) -> int:
@@ -995,11 +995,12 @@ def partitions_in_use(client: redis.Redis, configured: int) -> int:
     holds entries (the setting was lowered: what was accepted before is not left behind)."""
     from ..config import MAX_INGEST_PARTITIONS
 
-    found = configured
-    for partition in range(configured, MAX_INGEST_PARTITIONS):
-        if client.exists(stream_key(partition)):
-            found = partition + 1
-    return found
+    pipe = client.pipeline(transaction=False)
+    higher = range(configured, MAX_INGEST_PARTITIONS)
+    for partition in higher:
+        pipe.exists(stream_key(partition))
+    found = [p + 1 for p, exists in zip(higher, pipe.execute(), strict=True) if exists]
+    return max([configured, *found])
 
 
 def run_process(settings: Any, parent_pid: int | None = None, partition: int | None = None) -> None:
@@ -1026,12 +1027,9 @@ def run_process(settings: Any, parent_pid: int | None = None, partition: int | N
         if partition is not None:
             Consumer(context.db, client, partition=partition).run(stop, parent_pid)
             return
-        threads = []
-        for n in range(partitions_in_use(client, settings.stream_partitions)):
-            consumer = Consumer(context.db, client, partition=n)
-            thread = threading.Thread(target=consumer.run, args=(stop, parent_pid), daemon=True)
-            thread.start()
-            threads.append(thread)
+        partitions = partitions_in_use(client, settings.stream_partitions)
+        consumers = start_threads(context.db, client, partitions, stop, parent_pid)
+        threads = [c.thread for c in consumers if c.thread is not None]
         while not stop.wait(1.0):
             if not any(t.is_alive() for t in threads):
                 break
@@ -1075,16 +1073,14 @@ def running(db: Database, client: redis.Redis, partitions: int = 1) -> Iterator[
     """A consumer per partition on threads for the duration of the block (tests); yields the
     first partition's."""
     stop = threading.Event()
-    consumers = [Consumer(db, client, block_ms=200, partition=n) for n in range(partitions)]
-    threads = [threading.Thread(target=c.run, args=(stop,), daemon=True) for c in consumers]
-    for thread in threads:
-        thread.start()
+    consumers = start_threads(db, client, partitions, stop, block_ms=200)
     try:
         yield consumers[0]
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(timeout=10)
+        for consumer in consumers:
+            if consumer.thread is not None:
+                consumer.thread.join(timeout=10)
 
 
 def drain_all(db: Database, client: redis.Redis, partitions: int, timeout: float = 30.0) -> int:

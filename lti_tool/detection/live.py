@@ -793,47 +793,57 @@ def record_offer(session: Session, kind: str, offer: Offer, **extra: Any) -> Non
 
 
 def open_offers(session: Session, learner_id: int, course_id: int) -> list[Offer]:
-    return list(
-        session.scalars(
-            select(Offer)
-            .where(
-                Offer.learner_id == learner_id,
-                Offer.course_id == course_id,
-                Offer.status == OfferStatus.OFFERED.value,
-                Offer.created_at >= utcnow() - OFFER_TTL,
-            )
-            .order_by(Offer.id.desc())
+    return _open_offers_of(session, [learner_id], course_id).get(learner_id, [])
+
+
+def _open_offers_of(
+    session: Session, learner_ids: Sequence[int], course_id: int
+) -> dict[int, list[Offer]]:
+    """The offers still standing for these learners, newest first, per learner."""
+    found: dict[int, list[Offer]] = {}
+    for offer in session.scalars(
+        select(Offer)
+        .where(
+            Offer.learner_id.in_(learner_ids),
+            Offer.course_id == course_id,
+            Offer.status == OfferStatus.OFFERED.value,
+            Offer.created_at >= utcnow() - OFFER_TTL,
         )
-    )
+        .order_by(Offer.id.desc())
+    ).all():
+        found.setdefault(offer.learner_id, []).append(offer)
+    return found
 
 
-def _has_active_request(session: Session, learner_id: int, course_id: int) -> bool:
-    return (
-        session.scalar(
-            select(HelpRequest.id)
-            .where(
-                HelpRequest.learner_id == learner_id,
+def _in_line(session: Session, learner_ids: Sequence[int], course_id: int) -> set[int]:
+    """Those of these learners with an active request (in line or with a tutor)."""
+    return set(
+        session.scalars(
+            select(HelpRequest.learner_id).where(
+                HelpRequest.learner_id.in_(learner_ids),
                 HelpRequest.course_id == course_id,
                 HelpRequest.status.in_(ACTIVE_STATUSES),
             )
-            .limit(1)
-        )
-        is not None
+        ).all()
     )
 
 
 def act(session: Session, course_id: int, decision: Decision, escalate: bool) -> Offer | None:
     """Turn one decision into an offer (or an escalation); None when nothing is to be done."""
     learner_id, exercise_id = int(decision.learner), int(decision.exercise)
-    if decision.action == ESCALATE and not escalate:
-        return None  # the course keeps to unobtrusive offers
-    if _has_active_request(session, learner_id, course_id):
-        return None  # already in line or with a tutor: no need to offer one
-    previous = [
-        o for o in open_offers(session, learner_id, course_id) if o.exercise_id == exercise_id
-    ]
     if decision.action == ESCALATE:
-        consented = next((o for o in previous if o.consent), None)
+        if not escalate:
+            return None  # the course keeps to unobtrusive offers
+        if _in_line(session, [learner_id], course_id):
+            return None  # already in line or with a tutor: no need to offer one
+        consented = next(
+            (
+                o
+                for o in open_offers(session, learner_id, course_id)
+                if o.exercise_id == exercise_id and o.consent
+            ),
+            None,
+        )
         if consented is not None:
             return _open_for(session, consented, decision)
         latest = session.scalar(
@@ -844,36 +854,15 @@ def act(session: Session, course_id: int, decision: Decision, escalate: bool) ->
         )
         if latest == OfferStatus.DECLINED.value:
             return None  # they said no: do not insist
-    level = 2 if decision.action == ESCALATE else 1
-    for old in previous:
-        old.status, old.responded_at = OfferStatus.EXPIRED.value, utcnow()
-        record_offer(session, "offer.expired", old)
-    offer = Offer(
-        course_id=course_id,
-        learner_id=learner_id,
-        exercise_id=exercise_id,
-        rule=decision.rule,
-        level=level,
-        severity=decision.severity,
-        reason=decision.reason,
-        status=OfferStatus.OFFERED.value,
-        created_at=utcnow(),
-    )
-    session.add(offer)
-    session.flush()
-    record_offer(session, OFFER_CREATED, offer, reason=decision.reason)
-    return offer
+    made = _make_offers(session, course_id, [(decision, 2 if decision.action == ESCALATE else 1)])
+    return made[0] if made else None
 
 
 def act_many(
     session: Session, course_id: int, decisions: Sequence[Decision], escalate: bool
 ) -> list[Offer]:
-    """``act`` for a batch's decisions, in order, with the same outcome: who already has a
-    request and which offers are open is read once for all of them (two queries), the new
-    offers are inserted together and their events written by one INSERT. Escalations that
-    open a request go through ``act`` (rare, and they write much more)."""
-    if not decisions:
-        return []
+    """``act`` for a batch's decisions, in order, with the same outcome; plain offers (all but
+    escalations, which may open a request) are made together by ``_make_offers``."""
     if any(d.action == ESCALATE for d in decisions):
         made = []
         for decision in decisions:
@@ -881,33 +870,26 @@ def act_many(
             if offer is not None:
                 made.append(offer)
         return made
-    learners = sorted({int(d.learner) for d in decisions})
-    busy = set(
-        session.scalars(
-            select(HelpRequest.learner_id).where(
-                HelpRequest.learner_id.in_(learners),
-                HelpRequest.course_id == course_id,
-                HelpRequest.status.in_(ACTIVE_STATUSES),
-            )
-        ).all()
-    )
-    open_by_learner: dict[int, list[Offer]] = {}
-    for offer in session.scalars(
-        select(Offer)
-        .where(
-            Offer.learner_id.in_(learners),
-            Offer.course_id == course_id,
-            Offer.status == OfferStatus.OFFERED.value,
-            Offer.created_at >= utcnow() - OFFER_TTL,
-        )
-        .order_by(Offer.id.desc())
-    ).all():
-        open_by_learner.setdefault(offer.learner_id, []).append(offer)
+    return _make_offers(session, course_id, [(d, 1) for d in decisions])
+
+
+def _make_offers(
+    session: Session, course_id: int, wanted: Sequence[tuple[Decision, int]]
+) -> list[Offer]:
+    """An offer (of the given level) for each decision, in order, unless the learner is in
+    line already; an offer standing on the same exercise is expired and replaced. Who is in
+    line and which offers stand is read once for all (two queries), the offers are inserted
+    together and their events written by one INSERT."""
+    if not wanted:
+        return []
+    learners = sorted({int(d.learner) for d, _ in wanted})
+    busy = _in_line(session, learners, course_id)
+    open_by_learner = _open_offers_of(session, learners, course_id)
     now = utcnow()
     created: list[Offer] = []
-    # The events, in the order ``act`` writes them, with the offer's status at that moment.
+    # The events in the order they happen, with the offer's status at that moment.
     log_: list[tuple[str, Offer, str | None, str]] = []
-    for decision in decisions:
+    for decision, level in wanted:
         learner_id, exercise_id = int(decision.learner), int(decision.exercise)
         if learner_id in busy:
             continue  # already in line or with a tutor: no need to offer one
@@ -921,7 +903,7 @@ def act_many(
             learner_id=learner_id,
             exercise_id=exercise_id,
             rule=decision.rule,
-            level=1,
+            level=level,
             severity=decision.severity,
             reason=decision.reason,
             status=OfferStatus.OFFERED.value,
