@@ -317,3 +317,15 @@ def test_activity_consume_without_a_partition_consumes_them_all(
     assert "(partition 0)" in output and "(partition 1)" in output, output
     assert consume.returncode == 0, output
     assert lengths(app) == [0, 0]
+
+
+def test_activity_consume_refuses_a_partition_out_of_range(app: Flask) -> None:
+    from click.testing import CliRunner
+
+    from lti_tool.cli import main
+
+    result = CliRunner().invoke(
+        main, ["activity", "consume", "--partition", "16"], env=cli_env(app)
+    )
+    assert result.exit_code == 2
+    assert "--partition" in result.output and "0<=x<=15" in result.output
